@@ -1,0 +1,20 @@
+# One entry point for a fresh machine with only Python 3.11:
+#   make test        create .venv, install videoldm with test extras, run the suite
+#   make quickstart  create .venv, install, train the toy Video LDM stack, write a video
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+.PHONY: install test
