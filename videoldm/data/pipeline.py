@@ -1,0 +1,240 @@
+"""Input pipeline: TFDS array_record source -> grain -> per-process batches.
+
+`make_dataset` returns a `DataIterator` over this process's share of each
+global batch. It is deterministic (order from `seed`, each record's clip
+offset from `seed` and the record's global position) and checkpointable
+(`get_state()` is a JSON-serialisable dict; `set_state` resumes exactly).
+
+Sharding: every process walks the same global, shuffled index sequence;
+process p of P takes global positions p, p + P, p + 2P, ... so the union of
+all processes' step-s batches is exactly the step-s global batch.
+
+Batch (B = global_batch_size / process_count examples):
+  video:        float32 (B, num_frames, image_size, image_size, 3) in [-1, 1]
+  frame_stride: int32 (B,)
+  fps:          float32 (B,), the clip's frame rate (source fps / frame_stride),
+                when the dataset has an `fps` feature
+  labels:       int32 (B, num_labels), when the dataset has `labels`/`label`
+  caption:      int32 (B, L) token ids, when `tokenize_fn` is given
+  caption_text: object (B,) of str, when the dataset has captions
+`global_batch_to_device` turns the numeric entries into global jax Arrays.
+"""
+
+import json
+from collections.abc import Callable, Sequence
+
+import grain.python as grain
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+# Registers the local builders with TFDS.
+from videoldm.data import moving_digits  # pylint: disable=unused-import
+from videoldm.data import video_folder  # pylint: disable=unused-import
+from videoldm.data import video_io
+
+BATCH_AXES = ('data', 'fsdp')  # Mesh axes the batch dimension is sharded over.
+TokenizeFn = Callable[[Sequence[str]], np.ndarray]
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The `config.data` block, with its defaults."""
+  config = ml_collections.ConfigDict()
+  # TFDS name: 'moving_digits', 'video_folder', or any dataset with a 'video'
+  # feature (it must be prepared in array_record format).
+  config.name = 'moving_digits'
+  config.builder_config = 'default'  # Config name; '' = the builder's default.
+  # Extra builder kwargs, e.g. {'video_dir': '/my/videos', 'image_size': 64}
+  # for video_folder or {'num_frames': 24} to derive a moving_digits variant.
+  config.builder_kwargs = ml_collections.ConfigDict()
+  config.data_dir = ''  # '' = TFDS default (~/tensorflow_datasets).
+  config.split = 'train'
+  config.eval_split = 'test'
+  config.num_frames = 8  # Frames per clip fed to the model.
+  config.frame_stride = 1  # Take every n-th source frame (lowers the fps).
+  config.image_size = 32  # Resize + centre crop when it differs; 0 = keep.
+  config.prepare = True  # Generate the dataset when it is missing.
+  # grain worker processes; 0 = in the main process. Workers need absl flags
+  # parsed (true under absl.app); batches are the same for any count.
+  config.num_workers = 0
+  return config
+
+
+def get_builder(data_config: ml_collections.ConfigDict):
+  """The TFDS builder for `data_config`, generated first if `prepare` is set.
+
+  Builders are made with `file_format='array_record'` (grain reads them by
+  index). Generation is deterministic, so processes on separate disks agree;
+  on a shared filesystem, prepare once before a multi-process launch.
+  """
+  kwargs = dict(data_config.builder_kwargs.to_dict()
+                if hasattr(data_config.builder_kwargs, 'to_dict')
+                else data_config.builder_kwargs or {})
+  if data_config.builder_config:
+    kwargs['config'] = data_config.builder_config
+  if data_config.data_dir:
+    kwargs['data_dir'] = data_config.data_dir
+  builder = tfds.builder(data_config.name, file_format='array_record',
+                         **kwargs)
+  if not builder.is_prepared():
+    if not data_config.prepare:
+      raise FileNotFoundError(
+          f'Dataset {data_config.name!r} is not prepared in '
+          f'{builder.data_dir!r}; set data.prepare=True to generate it.')
+    builder.download_and_prepare()
+  return builder
+
+
+class SampleClip(grain.RandomMapTransform):
+  """Picks a clip at a random (seeded) offset and converts it for the model."""
+
+  def __init__(self, num_frames: int, frame_stride: int, image_size: int):
+    self.num_frames = num_frames
+    self.frame_stride = frame_stride
+    self.image_size = image_size
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    video = np.asarray(element['video'])
+    span = (self.num_frames - 1) * self.frame_stride + 1
+    if video.shape[0] < span:
+      raise ValueError(
+          f'A record has {video.shape[0]} frames, fewer than the {span} that '
+          f'num_frames={self.num_frames} at frame_stride={self.frame_stride} '
+          'need.')
+    offset = int(rng.integers(0, video.shape[0] - span + 1))
+    clip = video[offset:offset + span:self.frame_stride]
+    if self.image_size:
+      clip = video_io.resize_video(clip, self.image_size)
+    out = {'video': clip.astype(np.float32) / 127.5 - 1.0,
+           'frame_stride': np.int32(self.frame_stride)}
+    if 'fps' in element:
+      out['fps'] = np.float32(element['fps']) / np.float32(self.frame_stride)
+    for key in ('labels', 'label'):
+      if key in element:
+        out['labels'] = np.atleast_1d(np.asarray(element[key], np.int32))
+        break
+    if 'caption' in element:
+      caption = element['caption']
+      out['caption_text'] = (caption.decode('utf-8')
+                             if isinstance(caption, bytes) else str(caption))
+    return out
+
+
+class DataIterator:
+  """Iterator over per-process batches with `get_state`/`set_state`.
+
+  grain yields single examples (in global-position order whatever the worker
+  count); they are batched here, so batches do not depend on `num_workers`.
+  """
+
+  def __init__(self, loader: grain.DataLoader, batch_size: int,
+               tokenize_fn: TokenizeFn | None = None):
+    self._iterator = iter(loader)
+    self._batch_size = batch_size
+    self._tokenize_fn = tokenize_fn
+
+  def __iter__(self) -> 'DataIterator':
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    examples = []
+    for _ in range(self._batch_size):  # A partial last batch is dropped.
+      examples.append(next(self._iterator))
+    batch = {key: np.stack([e[key] for e in examples])
+             for key in examples[0] if key != 'caption_text'}
+    if 'caption_text' in examples[0]:
+      texts = [e['caption_text'] for e in examples]
+      batch['caption_text'] = np.array(texts, dtype=object)
+      if self._tokenize_fn is not None:
+        batch['caption'] = np.asarray(self._tokenize_fn(texts), np.int32)
+    return batch
+
+  def get_state(self) -> dict:
+    """A JSON-serialisable snapshot of the position in the data."""
+    return json.loads(self._iterator.get_state().decode())
+
+  def set_state(self, state: dict) -> None:
+    """Resumes from a `get_state()` snapshot (of an identically built one)."""
+    self._iterator.set_state(json.dumps(state).encode())
+
+
+def make_dataset(data_config: ml_collections.ConfigDict, split: str,
+                 global_batch_size: int, *, seed: int,
+                 process_index: int | None = None,
+                 process_count: int | None = None, shuffle: bool = True,
+                 num_epochs: int | None = None,
+                 tokenize_fn: TokenizeFn | None = None) -> DataIterator:
+  """Builds this process's deterministic, checkpointable batch iterator.
+
+  Args:
+    data_config: `config.data` (see `default_data_config`).
+    split: TFDS split, e.g. 'train', 'test' or 'train[:90%]'.
+    global_batch_size: examples per step over all processes.
+    seed: 32-bit non-negative int; fixes the order and the clip offsets.
+    process_index, process_count: this process's shard; default jax's.
+    shuffle: shuffle globally each epoch (otherwise the source order).
+    num_epochs: passes over the data; None repeats forever. A finite run ends
+      after the last whole global batch (batches may span epochs).
+    tokenize_fn: maps a list of captions to int token ids (B, L).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f'Global batch size {global_batch_size} is not a positive '
+                     f'multiple of the process count {process_count}.')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'Process index {process_index} is not in [0, '
+                     f'{process_count}).')
+  if not 0 <= seed < 2**32:
+    raise ValueError(f'Data seed {seed} is not a 32-bit non-negative integer.')
+  if data_config.num_frames < 1 or data_config.frame_stride < 1:
+    raise ValueError(f'data.num_frames={data_config.num_frames} and '
+                     f'data.frame_stride={data_config.frame_stride} must be '
+                     '>= 1.')
+  builder = get_builder(data_config)
+  video_shape = builder.info.features['video'].shape
+  span = (data_config.num_frames - 1) * data_config.frame_stride + 1
+  if video_shape[0] is not None and video_shape[0] < span:
+    raise ValueError(
+        f'Dataset {builder.name!r} has clips of {video_shape[0]} frames; '
+        f'num_frames={data_config.num_frames} at frame_stride='
+        f'{data_config.frame_stride} needs {span}.')
+  source = builder.as_data_source(split=split)
+  sampler = grain.IndexSampler(len(source), shuffle=shuffle,
+                               num_epochs=num_epochs, seed=seed)
+  # Each process reads floor(len / process_count) positions and drops the
+  # partial batch, so all processes (and a single one) make the same number
+  # of steps when num_epochs is finite.
+  if num_epochs is not None and len(sampler) < global_batch_size:
+    raise ValueError(f'Split {split!r} has {len(source)} examples x '
+                     f'{num_epochs} epochs, fewer than one global batch of '
+                     f'{global_batch_size}.')
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=[SampleClip(data_config.num_frames, data_config.frame_stride,
+                             data_config.image_size)],
+      worker_count=data_config.num_workers,
+      shard_options=grain.ShardOptions(shard_index=process_index,
+                                       shard_count=process_count,
+                                       drop_remainder=True))
+  return DataIterator(loader, global_batch_size // process_count, tokenize_fn)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Shards the leading (batch) axis over the mesh's ('data', 'fsdp') axes."""
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
+
+
+def global_batch_to_device(local_batch: dict[str, np.ndarray],
+                           sharding: jax.sharding.Sharding) -> dict:
+  """Global jax Arrays from each process's numeric batch entries.
+
+  Object arrays (`caption_text`) stay on the host and are left out.
+  """
+  return {
+      key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+      for key, value in local_batch.items()
+      if np.asarray(value).dtype != object
+  }
