@@ -1,0 +1,142 @@
+"""Parity of the spatial layers with their diffusers PyTorch twins."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from diffusers.models import attention as d_attention
+from diffusers.models import attention_processor as d_processor
+from diffusers.models import embeddings as d_embeddings
+from diffusers.models import resnet as d_resnet
+from diffusers.models.transformers import transformer_2d as d_transformer
+
+from videoldm.models import attention
+from videoldm.models import layers
+import diffusers_reference as ref
+
+TOL = 1e-5
+
+
+def _inputs(*shape, seed=0):
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _run_flax(module, *args, torch_module, **kwargs):
+  params = ref.flax_params_from_torch(torch_module, module, *args, **kwargs)
+  return module.apply({'params': params}, *args, **kwargs)
+
+
+@pytest.mark.parametrize('flip, shift, dim', [(True, 0.0, 32), (False, 1.0, 33)])
+def test_timestep_embedding_matches_diffusers(flip, shift, dim):
+  t = np.array([0.0, 1.0, 17.5, 999.0], np.float32)
+  ours = layers.timestep_embedding(jnp.asarray(t), dim, flip, shift)
+  theirs = d_embeddings.get_timestep_embedding(torch.from_numpy(t), dim, flip, shift)
+  # Angles reach ~1000 rad, where float32 spacing is ~6e-5.
+  np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize('in_ch, out_ch, with_temb', [(16, 32, True), (32, 32, True),
+                                                      (16, 16, False)])
+def test_resblock_matches_resnet_block_2d(in_ch, out_ch, with_temb):
+  torch_block = ref.randomize_(d_resnet.ResnetBlock2D(
+      in_channels=in_ch, out_channels=out_ch, temb_channels=24 if with_temb else None,
+      groups=8, eps=1e-6, output_scale_factor=2.0))
+  x, temb = _inputs(2, 8, 8, in_ch), _inputs(2, 24, seed=1)
+  temb_arg = temb if with_temb else None
+  ours = _run_flax(layers.ResBlock(out_ch, groups=8, eps=1e-6, output_scale_factor=2.0),
+                   x, temb_arg, torch_module=torch_block)
+  with torch.no_grad():
+    theirs = torch_block(ref.nchw(x), torch.from_numpy(temb) if with_temb else None)
+  assert ref.relative_error(ours, ref.nhwc(theirs)) < TOL
+
+
+def test_resblock_param_names_follow_diffusers():
+  torch_block = d_resnet.ResnetBlock2D(in_channels=8, out_channels=16, temb_channels=4,
+                                       groups=4)
+  shapes = jax.eval_shape(layers.ResBlock(16, groups=4).init, jax.random.key(0),
+                          jnp.zeros((1, 4, 4, 8)), jnp.zeros((1, 4)))['params']
+  assert sorted(shapes) == sorted({k.split('.')[0] for k in torch_block.state_dict()})
+
+
+@pytest.mark.parametrize('padding, torch_padding', [('same', 1), ('asymmetric', 0)])
+def test_downsample_matches_downsample_2d(padding, torch_padding):
+  torch_down = ref.randomize_(d_resnet.Downsample2D(
+      8, use_conv=True, out_channels=8, padding=torch_padding, name='op'))
+  x = _inputs(1, 8, 8, 8)
+  ours = _run_flax(layers.Downsample(8, padding=padding), x, torch_module=torch_down)
+  with torch.no_grad():
+    theirs = torch_down(ref.nchw(x))
+  assert ours.shape == (1, 4, 4, 8)
+  assert ref.relative_error(ours, ref.nhwc(theirs)) < TOL
+
+
+def test_downsample_rejects_unknown_padding():
+  with pytest.raises(ValueError, match="'reflect'"):
+    layers.Downsample(4, padding='reflect').init(jax.random.key(0), jnp.zeros((1, 4, 4, 4)))
+
+
+def test_upsample_matches_upsample_2d():
+  torch_up = ref.randomize_(d_resnet.Upsample2D(8, use_conv=True, out_channels=16))
+  x = _inputs(1, 4, 4, 8)
+  ours = _run_flax(layers.Upsample(16), x, torch_module=torch_up)
+  with torch.no_grad():
+    theirs = torch_up(ref.nchw(x))
+  assert ours.shape == (1, 8, 8, 16)
+  assert ref.relative_error(ours, ref.nhwc(theirs)) < TOL
+
+
+def test_attention_matches_diffusers_with_context_and_mask():
+  torch_attn = ref.randomize_(d_processor.Attention(
+      query_dim=32, cross_attention_dim=12, heads=4, dim_head=8, out_bias=True))
+  x, context = _inputs(2, 6, 32), _inputs(2, 5, 12, seed=1)
+  keep = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  ours = _run_flax(attention.Attention(4, 8), x, context, keep, torch_module=torch_attn)
+  with torch.no_grad():
+    theirs = torch_attn(torch.from_numpy(x), torch.from_numpy(context),
+                        attention_mask=torch.from_numpy(np.where(keep, 0.0, -1e9)
+                                                        .astype(np.float32))[:, None])
+  assert ref.relative_error(ours, theirs.numpy()) < TOL
+
+
+def test_attention_rejects_unknown_implementation():
+  q = jnp.zeros((1, 2, 1, 4))
+  with pytest.raises(ValueError, match="'flash'"):
+    attention.dot_product_attention(q, q, q, implementation='flash')
+
+
+def test_feed_forward_matches_geglu_feed_forward():
+  torch_ff = ref.randomize_(d_attention.FeedForward(16, mult=4, activation_fn='geglu'))
+  x = _inputs(2, 5, 16)
+  ours = _run_flax(attention.FeedForward(16), x, torch_module=torch_ff)
+  with torch.no_grad():
+    theirs = torch_ff(torch.from_numpy(x))
+  assert ref.relative_error(ours, theirs.numpy()) < TOL
+
+
+@pytest.mark.parametrize('cross', [True, False])
+def test_basic_transformer_block_matches_diffusers(cross):
+  torch_block = ref.randomize_(d_attention.BasicTransformerBlock(
+      32, 4, 8, cross_attention_dim=12 if cross else None))
+  x, context = _inputs(2, 6, 32), _inputs(2, 3, 12, seed=1)
+  context_arg = context if cross else None
+  ours = _run_flax(attention.BasicTransformerBlock(32, 4, 8, cross_attention=cross),
+                   x, context_arg, torch_module=torch_block)
+  with torch.no_grad():
+    theirs = torch_block(torch.from_numpy(x), encoder_hidden_states=(
+        torch.from_numpy(context) if cross else None))
+  assert ref.relative_error(ours, theirs.numpy()) < TOL
+
+
+@pytest.mark.parametrize('linear', [False, True])
+def test_spatial_transformer_matches_transformer_2d(linear):
+  torch_model = ref.randomize_(d_transformer.Transformer2DModel(
+      num_attention_heads=2, attention_head_dim=16, in_channels=32, num_layers=2,
+      cross_attention_dim=12, norm_num_groups=8, use_linear_projection=linear))
+  x, context = _inputs(2, 4, 4, 32), _inputs(2, 3, 12, seed=1)
+  module = attention.SpatialTransformer(2, 16, depth=2, use_linear_projection=linear,
+                                        norm_num_groups=8)
+  ours = _run_flax(module, x, context, torch_module=torch_model)
+  with torch.no_grad():
+    theirs = torch_model(ref.nchw(x), encoder_hidden_states=torch.from_numpy(context)).sample
+  assert ref.relative_error(ours, ref.nhwc(theirs)) < TOL

@@ -1,0 +1,160 @@
+"""Attention blocks with diffusers parameter names.
+
+`Attention` (to_q/to_k/to_v/to_out_0), `FeedForward` (GEGLU, net_0/net_2),
+`BasicTransformerBlock` and `SpatialTransformer` (= diffusers
+`Transformer2DModel`, continuous input). The fused kernel used by
+`dot_product_attention` is chosen by `implementation` (config field
+`attention_implementation`): None (XLA picks), 'xla' or 'cudnn'.
+"""
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from videoldm.models import layers
+
+_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array | None = None,
+                          implementation: str | None = None) -> jax.Array:
+  """Scaled dot-product attention over `(b, n, heads, head_dim)` arrays.
+
+  Args:
+    q: queries `(b, n, heads, head_dim)`.
+    k: keys `(b, m, heads, head_dim)`.
+    v: values `(b, m, heads, head_dim)`.
+    mask: optional boolean, True = attend; `(b, m)` (a key mask) or anything
+      broadcastable to `(b, heads, n, m)`.
+    implementation: None, 'xla' or 'cudnn' (see `jax.nn.dot_product_attention`).
+
+  Returns:
+    `(b, n, heads, head_dim)`.
+  """
+  if implementation not in _IMPLEMENTATIONS:
+    raise ValueError(f'Attention implementation {implementation!r} is not one of '
+                     f'{_IMPLEMENTATIONS}.')
+  if mask is not None:
+    mask = jnp.asarray(mask, dtype=bool)
+    if mask.ndim == 2:
+      mask = mask[:, None, None, :]  # (b, 1, 1, m)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+class Attention(nn.Module):
+  """Multi-head attention; self-attention when `context` is None."""
+
+  heads: int
+  dim_head: int
+  out_dim: int | None = None
+  implementation: str | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               mask: jax.Array | None = None) -> jax.Array:
+    inner = self.heads * self.dim_head
+    context = x if context is None else context
+    dense = lambda name: nn.Dense(inner, use_bias=False, dtype=self.dtype, name=name)
+    split = lambda t: einops.rearrange(t, 'b n (h d) -> b n h d', h=self.heads)
+    q = split(dense('to_q')(x))  # (b, n, heads, dim_head)
+    k = split(dense('to_k')(context))  # (b, m, heads, dim_head)
+    v = split(dense('to_v')(context))
+    out = dot_product_attention(q, k, v, mask, self.implementation)
+    out = einops.rearrange(out, 'b n h d -> b n (h d)')
+    out_dim = self.out_dim or x.shape[-1]
+    return nn.Dense(out_dim, dtype=self.dtype, name='to_out_0')(out)
+
+
+class GEGLU(nn.Module):
+  """`proj` to 2 * inner features; value * exact-GELU(gate)."""
+
+  inner_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    hidden = nn.Dense(2 * self.inner_dim, dtype=self.dtype, name='proj')(x)
+    value, gate = jnp.split(hidden, 2, axis=-1)
+    return value * jax.nn.gelu(gate, approximate=False)
+
+
+class FeedForward(nn.Module):
+  """diffusers `FeedForward(activation_fn='geglu')`: `net_0` (GEGLU), `net_2`."""
+
+  dim: int
+  mult: float = 4
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    hidden = GEGLU(int(self.dim * self.mult), dtype=self.dtype, name='net_0')(x)
+    return nn.Dense(self.dim, dtype=self.dtype, name='net_2')(hidden)
+
+
+class BasicTransformerBlock(nn.Module):
+  """Self-attention, cross-attention (if `cross_attention`), GEGLU MLP; pre-norm.
+
+  Without `cross_attention` there is no `norm2`/`attn2` (as diffusers with
+  `cross_attention_dim=None`). With it and `context=None`, `attn2` attends to
+  `x` itself, as diffusers does.
+  """
+
+  dim: int
+  heads: int
+  dim_head: int
+  cross_attention: bool = True
+  implementation: str | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               mask: jax.Array | None = None) -> jax.Array:
+    norm = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype,
+                                     use_fast_variance=False, name=name)
+    attention = lambda name: Attention(self.heads, self.dim_head,
+                                       implementation=self.implementation,
+                                       dtype=self.dtype, name=name)
+    x = x + attention('attn1')(norm('norm1')(x))
+    if self.cross_attention:
+      x = x + attention('attn2')(norm('norm2')(x), context, mask)
+    return x + FeedForward(self.dim, dtype=self.dtype, name='ff')(norm('norm3')(x))
+
+
+class SpatialTransformer(nn.Module):
+  """diffusers `Transformer2DModel` on `(b, h, w, c)` with optional context `(b, m, d)`.
+
+  `proj_in`/`proj_out` are 1x1 convolutions (SD 1.x) or Dense layers when
+  `use_linear_projection` (SD 2.x); the output is added to the input.
+  """
+
+  heads: int
+  dim_head: int
+  depth: int = 1
+  use_linear_projection: bool = False
+  cross_attention: bool = True
+  norm_num_groups: int = 32
+  implementation: str | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               mask: jax.Array | None = None) -> jax.Array:
+    b, h, w, channels = x.shape
+    inner = self.heads * self.dim_head
+    if self.use_linear_projection:
+      project = lambda f, name: nn.Dense(f, dtype=self.dtype, name=name)
+    else:
+      project = lambda f, name: layers.conv1x1(f, self.dtype, name)
+    hidden = layers.group_norm(self.norm_num_groups, 1e-6, self.dtype, 'norm')(x)
+    hidden = project(inner, 'proj_in')(hidden)
+    hidden = einops.rearrange(hidden, 'b h w c -> b (h w) c')  # (b, h*w, inner)
+    for index in range(self.depth):
+      hidden = BasicTransformerBlock(
+          inner, self.heads, self.dim_head, cross_attention=self.cross_attention,
+          implementation=self.implementation, dtype=self.dtype,
+          name=f'transformer_blocks_{index}')(hidden, context, mask)
+    hidden = einops.rearrange(hidden, 'b (h w) c -> b h w c', h=h, w=w)
+    return x + project(channels, 'proj_out')(hidden)

@@ -1,0 +1,136 @@
+"""Spatial building blocks shared by the U-Net and the autoencoder.
+
+Tensors are channels-last `(b, h, w, c)`. Submodule names mirror diffusers'
+PyTorch names (`norm1`, `conv1`, `time_emb_proj`, ...) so state dicts convert
+mechanically (see `videoldm.convert.common`). Parameters are float32; `dtype`
+is the computation dtype.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch `Conv2d(kernel_size=3, padding=1)` pads one pixel on every side, also
+# with stride 2 (Flax 'SAME' would pad (0, 1) there), so padding is explicit.
+_PAD_ONE = ((1, 1), (1, 1))
+
+
+def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool = True,
+                       freq_shift: float = 0.0, max_period: float = 10000) -> jax.Array:
+  """Sinusoidal embedding of (diffusion) times `(b,)` -> `(b, dim)` float32.
+
+  Matches diffusers `get_timestep_embedding(..., downscale_freq_shift=freq_shift)`:
+  frequencies `max_period ** (-i / (dim // 2 - freq_shift))`, `[sin, cos]`
+  (or `[cos, sin]` when `flip_sin_to_cos`), zero-padded to an odd `dim`.
+  """
+  timesteps = jnp.asarray(timesteps)
+  if timesteps.ndim != 1:
+    raise ValueError(f'timesteps must have shape (b,), got shape {timesteps.shape}.')
+  half = dim // 2
+  exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
+  frequencies = jnp.exp(exponent / (half - freq_shift))
+  angles = timesteps.astype(jnp.float32)[:, None] * frequencies[None, :]  # (b, half)
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  embedding = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+  if dim % 2:
+    embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
+  return embedding
+
+
+def group_norm(groups: int, eps: float, dtype, name: str | None = None) -> nn.GroupNorm:
+  """GroupNorm with PyTorch semantics (two-pass variance), params `scale`/`bias`."""
+  return nn.GroupNorm(num_groups=groups, epsilon=eps, dtype=dtype,
+                      use_fast_variance=False, name=name)
+
+
+def conv3x3(features: int, dtype, name: str | None = None, strides: int = 1) -> nn.Conv:
+  """3x3 convolution padded by one pixel on each side (PyTorch `padding=1`)."""
+  return nn.Conv(features, (3, 3), strides=(strides, strides), padding=_PAD_ONE,
+                 dtype=dtype, name=name)
+
+
+def conv1x1(features: int, dtype, name: str | None = None) -> nn.Conv:
+  """1x1 convolution (kernel shape `(1, 1, in, out)`, as PyTorch stores it)."""
+  return nn.Conv(features, (1, 1), padding='VALID', dtype=dtype, name=name)
+
+
+class TimestepEmbedding(nn.Module):
+  """MLP on the sinusoidal embedding: `linear_1` -> SiLU -> `linear_2`."""
+
+  time_embed_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, embedding: jax.Array) -> jax.Array:
+    hidden = nn.Dense(self.time_embed_dim, dtype=self.dtype, name='linear_1')(embedding)
+    hidden = nn.silu(hidden)
+    return nn.Dense(self.time_embed_dim, dtype=self.dtype, name='linear_2')(hidden)
+
+
+class ResBlock(nn.Module):
+  """diffusers `ResnetBlock2D` (time-embedding norm 'default').
+
+  `time_emb_proj` exists only when called with `temb`; `conv_shortcut` only
+  when input and output channels differ.
+  """
+
+  out_channels: int
+  groups: int = 32
+  eps: float = 1e-5
+  dropout: float = 0.0
+  output_scale_factor: float = 1.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, temb: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    hidden = group_norm(self.groups, self.eps, self.dtype, 'norm1')(x)
+    hidden = conv3x3(self.out_channels, self.dtype, 'conv1')(nn.silu(hidden))
+    if temb is not None:
+      temb = nn.Dense(self.out_channels, dtype=self.dtype, name='time_emb_proj')(
+          nn.silu(temb))
+      hidden = hidden + temb[:, None, None, :]  # (b, 1, 1, c)
+    hidden = group_norm(self.groups, self.eps, self.dtype, 'norm2')(hidden)
+    hidden = nn.Dropout(self.dropout)(nn.silu(hidden), deterministic=deterministic)
+    hidden = conv3x3(self.out_channels, self.dtype, 'conv2')(hidden)
+    if x.shape[-1] != self.out_channels:
+      x = conv1x1(self.out_channels, self.dtype, 'conv_shortcut')(x)
+    return (x + hidden) / self.output_scale_factor
+
+
+class Downsample(nn.Module):
+  """3x3 stride-2 convolution `conv`.
+
+  `padding='same'` pads one pixel on each side (diffusers U-Net `Downsample2D`,
+  padding 1); `'asymmetric'` pads only bottom/right by one (diffusers VAE encoder).
+  """
+
+  out_channels: int
+  padding: str = 'same'
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.padding == 'same':
+      pad = _PAD_ONE
+    elif self.padding == 'asymmetric':
+      pad = ((0, 1), (0, 1))
+    else:
+      raise ValueError(f"Downsample padding {self.padding!r} is not one of "
+                       "'same', 'asymmetric'.")
+    return nn.Conv(self.out_channels, (3, 3), strides=(2, 2), padding=pad,
+                   dtype=self.dtype, name='conv')(x)
+
+
+class Upsample(nn.Module):
+  """Nearest-neighbour x2 upsampling followed by a 3x3 convolution `conv`."""
+
+  out_channels: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)  # (b, 2h, 2w, c)
+    return conv3x3(self.out_channels, self.dtype, 'conv')(x)
