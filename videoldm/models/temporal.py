@@ -104,7 +104,7 @@ class AlphaBlender(nn.Module):
         raise ValueError(f'Learned alpha={self.alpha} must lie strictly inside (0, 1) '
                          'to have a finite logit.')
       logit = math.log(self.alpha / (1.0 - self.alpha))
-      mix_factor = self.param('mix_factor', lambda _, shape: jnp.full(shape, logit), (1,))
+      mix_factor = self.param('mix_factor', lambda _, shape: jnp.full(shape, logit, jnp.float32), (1,))
       alpha = jax.nn.sigmoid(mix_factor[0])
     if self.merge_strategy == 'learned_with_images' and image_only_indicator is not None:
       indicator = jnp.asarray(image_only_indicator, bool)

@@ -6,7 +6,10 @@ Parameter paths mirror diffusers (`conv_in`, `time_embedding`,
 state dict converts mechanically (`videoldm.convert.diffusers`).
 
 The blocks apply their layers through `apply_resnet`/`apply_attention`, so a
-video U-Net can subclass them and insert temporal layers after each one.
+video U-Net can subclass them and insert temporal layers after each one; the
+`extra` argument carries call-time state such subclasses need (the image
+blocks ignore it), and `UNet.backbone` runs the blocks on already-embedded
+inputs so a subclass with another input layout can reuse it.
 """
 
 import dataclasses
@@ -183,10 +186,12 @@ class UNetLevel(nn.Module):
   def num_attention_layers(self) -> int:
     return self.num_layers
 
-  def apply_resnet(self, index, x, temb, deterministic):
+  def apply_resnet(self, index, x, temb, deterministic, extra=None):
+    del extra  # Call-time state for subclasses (e.g. the video U-Net).
     return self.resnets[index](x, temb, deterministic)
 
-  def apply_attention(self, index, x, context):
+  def apply_attention(self, index, x, context, extra=None):
+    del extra
     return self.attentions[index](x, context)
 
 
@@ -200,12 +205,12 @@ class DownBlock(UNetLevel):
     if self.add_downsample:
       self.downsamplers = [layers.Downsample(self.out_channels, dtype=self.options.dtype)]
 
-  def __call__(self, x, temb, context=None, deterministic=True):
+  def __call__(self, x, temb, context=None, deterministic=True, extra=None):
     skips = []
     for index in range(self.num_layers):
-      x = self.apply_resnet(index, x, temb, deterministic)
+      x = self.apply_resnet(index, x, temb, deterministic, extra)
       if self.has_attention:
-        x = self.apply_attention(index, x, context)
+        x = self.apply_attention(index, x, context, extra)
       skips.append(x)
     if self.add_downsample:
       x = self.downsamplers[0](x)
@@ -223,11 +228,11 @@ class MidBlock(UNetLevel):
   def setup(self):
     self.make_layers()
 
-  def __call__(self, x, temb, context=None, deterministic=True):
-    x = self.apply_resnet(0, x, temb, deterministic)
+  def __call__(self, x, temb, context=None, deterministic=True, extra=None):
+    x = self.apply_resnet(0, x, temb, deterministic, extra)
     for index in range(1, self.num_layers):
-      x = self.apply_attention(index - 1, x, context)
-      x = self.apply_resnet(index, x, temb, deterministic)
+      x = self.apply_attention(index - 1, x, context, extra)
+      x = self.apply_resnet(index, x, temb, deterministic, extra)
     return x
 
 
@@ -241,13 +246,13 @@ class UpBlock(UNetLevel):
     if self.add_upsample:
       self.upsamplers = [layers.Upsample(self.out_channels, dtype=self.options.dtype)]
 
-  def __call__(self, x, skips, temb, context=None, deterministic=True):
+  def __call__(self, x, skips, temb, context=None, deterministic=True, extra=None):
     skips = list(skips)
     for index in range(self.num_layers):
       x = jnp.concatenate([x, skips.pop()], axis=-1)  # (b, h, w, c + c_skip)
-      x = self.apply_resnet(index, x, temb, deterministic)
+      x = self.apply_resnet(index, x, temb, deterministic, extra)
       if self.has_attention:
-        x = self.apply_attention(index, x, context)
+        x = self.apply_attention(index, x, context, extra)
     if self.add_upsample:
       x = self.upsamplers[0](x)
     return x
@@ -311,8 +316,17 @@ class UNet(nn.Module):
   @nn.compact
   def __call__(self, x, timesteps, context=None, class_labels=None,
                deterministic: bool = True):
-    cfg = self.config
     timesteps = self.check_inputs(x, timesteps, context, class_labels)
+    temb = self.embed_time(timesteps, class_labels)
+    return self.backbone(x, temb, context, deterministic)
+
+  def backbone(self, x, temb, context, deterministic, level_extras=None):
+    """`conv_in` -> down, mid, up blocks -> `conv_out` on `(n, h, w, c)` inputs.
+
+    Called from a compact `__call__`. `level_extras[l]` (or None) is passed as
+    `extra` to every block at resolution level l.
+    """
+    cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     options = self.block_options()
     channels = tuple(cfg.block_out_channels)
@@ -323,24 +337,25 @@ class UNet(nn.Module):
                        'transformer_layers_per_block')
     if context is not None:
       context = context.astype(dtype)
+    extras = level_extras or (None,) * levels
 
-    temb = self.embed_time(timesteps, class_labels)
     h = layers.conv3x3(channels[0], dtype, 'conv_in')(x.astype(dtype))
     skips = [h]
     for i in range(levels):
       h, block_skips = self.down_block_cls(
           channels[i], cfg.layers_per_block, attention[i], heads[i], depth[i],
           options, add_downsample=i < levels - 1, name=f'down_blocks_{i}')(
-              h, temb, context, deterministic)
+              h, temb, context, deterministic, extras[i])
       skips.extend(block_skips)
     h = self.mid_block_cls(channels[-1], 2, True, heads[-1], depth[-1], options,
-                           name='mid_block')(h, temb, context, deterministic)
+                           name='mid_block')(h, temb, context, deterministic,
+                                            extras[-1])
     for i, level in enumerate(reversed(range(levels))):
       count = cfg.layers_per_block + 1
       block_skips, skips = skips[-count:], skips[:-count]
       h = self.up_block_cls(
           channels[level], count, attention[level], heads[level], depth[level],
           options, add_upsample=level > 0, name=f'up_blocks_{i}')(
-              h, block_skips, temb, context, deterministic)
+              h, block_skips, temb, context, deterministic, extras[level])
     h = layers.group_norm(cfg.norm_num_groups, cfg.norm_eps, dtype, 'conv_norm_out')(h)
     return layers.conv3x3(cfg.out_channels, dtype, 'conv_out')(nn.silu(h))
