@@ -1,0 +1,141 @@
+r"""Video LDM on `moving_digits`: every stage of the paper's pipeline at toy size.
+
+Stages (paper Fig. 5), each trained in its own workdir and started from the
+previous one with `init_from`:
+
+  autoencoder    KL autoencoder on frames (L1 + KL + patch GAN)
+  image          image LDM on frame latents (class labels, CFG dropout)
+  video          temporal layers only, prediction model with S in {0, 1, 2}
+  interpolation  T -> 4T in-between frames, two frame-rate regimes
+  decoder        temporal layers of the autoencoder's decoder (+ 3D patch GAN)
+  upsampler_image / upsampler   x4 pixel upsampler, image then temporal
+
+Launch (one stage; `runlocal` shrinks everything to a CPU minute):
+
+  python -m videoldm.main \
+    --config=configs/moving_digits.py:stage=video,runlocal \
+    --workdir=/tmp/videoldm/video \
+    --config.init_from.workdir=/tmp/videoldm/image
+"""
+
+import ml_collections
+
+from videoldm import config_utils
+from videoldm.data import pipeline
+from videoldm.models import video_unet
+
+STAGES = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
+          'upsampler')
+# The stage each stage starts from (its `init_from`), as the quickstart chains them.
+PREVIOUS_STAGE = dict(image='autoencoder', video='image', interpolation='video',
+                      decoder='autoencoder', upsampler='upsampler_image')
+TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
+
+
+def autoencoder_model(runlocal: bool) -> ml_collections.ConfigDict:
+  """Tiny KL autoencoder, f = 4: 32x32x3 frames <-> 8x8x4 latents."""
+  return ml_collections.ConfigDict(dict(
+      in_channels=3, out_channels=3, block_out_channels=(32, 64, 64) if not runlocal
+      else (16, 32, 32), layers_per_block=1, latent_channels=4,
+      norm_num_groups=8, sample_size=32, scaling_factor=1.0, use_quant_conv=True,
+      use_post_quant_conv=True, mid_block_add_attention=True,
+      attention_implementation=None))
+
+
+def unet_model(runlocal: bool) -> ml_collections.ConfigDict:
+  """Class-conditional latent U-Net (10 digits + the null class) with temporal layers."""
+  config = video_unet.video_unet_config('tiny')
+  config.in_channels = config.out_channels = 4
+  config.block_out_channels = (32, 64) if runlocal else (64, 128)
+  config.num_attention_heads = (2, 4)
+  config.attention_levels = (False, True)
+  config.cross_attention_dim = None
+  config.num_class_embeds = 11
+  config.norm_num_groups = 8
+  return config
+
+
+def upsampler_unet_model(runlocal: bool, max_noise_level: int) -> ml_collections.ConfigDict:
+  """Pixel-space x4 upsampler: noisy RGB + resized low-res RGB in, noise level as class."""
+  config = video_unet.video_unet_config('tiny')
+  config.in_channels, config.out_channels = 6, 3
+  config.block_out_channels = (16, 32, 32) if runlocal else (32, 64, 64)
+  config.attention_levels = (False, False, True)
+  config.num_attention_heads = (1, 2, 2)
+  config.transformer_layers_per_block = (1, 1, 1)
+  config.cross_attention_dim = None
+  config.num_class_embeds = max_noise_level + 2  # Levels 0..max and the null class.
+  config.norm_num_groups = 8
+  return config
+
+
+def get_config(arg=None):
+  """`arg`: stage=<name>, runlocal (a CPU minute), variant=tiny."""
+  arg = config_utils.parse_arg(arg, stage='video', variant='tiny', runlocal=False)
+  if arg.stage not in STAGES:
+    raise ValueError(f'Unknown stage {arg.stage!r}; expected one of {STAGES}.')
+  config = ml_collections.ConfigDict()
+  config.stage = arg.stage
+  config.seed = 0
+  config.total_steps = 30 if arg.runlocal else 3000
+  config.batch_size = 4 if arg.runlocal else 16
+
+  config.optimizer = dict(lr=2e-4, warmup_steps=10 if arg.runlocal else 200, decay_steps=None,
+                          b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0)
+  config.ema_decay = 0.999 if not arg.runlocal else 0.9
+  config.trainable = {
+      'autoencoder': r'^(autoencoder|discriminator)/',
+      'image': r'^unet/',
+      'video': r'^unet/.*' + TEMPORAL,
+      'interpolation': r'^unet/.*' + TEMPORAL,
+      'decoder': r'^(autoencoder/decoder/.*' + TEMPORAL + r'|discriminator/)',
+      'upsampler_image': r'^unet/',
+      'upsampler': r'^unet/.*' + TEMPORAL,
+  }[arg.stage]
+  config.init_from = dict(workdir='', path='', exempt=[], use_ema=True)
+  if arg.stage in ('video', 'interpolation', 'upsampler'):
+    config.init_from.exempt = [TEMPORAL]
+
+  config.mesh = dict(data=-1, fsdp=1)
+  config.sharding = dict(rules=[('mlp', 'fsdp'), ('embed', None)])
+  config.checkpoint = dict(every_steps=None if arg.runlocal else 500, keep=3, async_save=True)
+  config.log_every = 10 if arg.runlocal else 50
+  config.eval_every = 0 if arg.runlocal else 500
+  config.eval_steps = 1
+  config.sample_every = 0 if arg.runlocal else 1000
+  config.max_consecutive_nonfinite = 10
+  config.multiprocess = False
+
+  config.data = pipeline.default_data_config()
+  config.data.builder_config = 'tiny' if arg.runlocal else 'single'
+  config.data.builder_kwargs = dict(num_frames=32)
+  # (frames per clip, frame stride) per stage: key frames are 4 frames apart,
+  # so one interpolation pass (T -> 4T) gives the dataset's frame rate.
+  config.data.num_frames, config.data.frame_stride = {
+      'autoencoder': (4, 4), 'image': (4, 4), 'video': (8, 4), 'interpolation': (17, 1),
+      'decoder': (8, 1), 'upsampler_image': (2, 8), 'upsampler': (4, 1)}[arg.stage]
+  config.data.image_size = 32
+  if arg.stage.startswith('upsampler'):
+    config.data.builder_kwargs = dict(num_frames=32, image_size=128)
+    config.data.image_size = 128
+
+  config.diffusion = dict(schedule='scaled_linear', num_train_steps=1000, beta_start=0.00085,
+                          beta_end=0.012, prediction_type='eps', loss_weighting='none',
+                          min_snr_gamma=5.0)
+  config.sampling = dict(num_steps=10 if arg.runlocal else 50, eta=0.0,
+                         timestep_spacing='trailing', steps_offset=0, set_alpha_to_one=True,
+                         guidance_scale=2.0, context_guidance=1.5, num_context=2,
+                         upsampler_noise_level=50)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.autoencoder = autoencoder_model(arg.runlocal)
+  config.model.unet = unet_model(arg.runlocal)
+  config.model.unet.temporal.context_frames = arg.stage in ('video', 'interpolation')
+  config.model.unet.temporal.regime_conditioning = arg.stage == 'interpolation'
+  config.model.calibrate_latent_scale = True
+  config.model.label_dropout = 0.1
+  config.model.context_probs = (0.2, 0.4, 0.4)  # P(S = 0), P(S = 1), P(S = 2).
+  config.model.interpolation = dict(num_key_frames=2, strides=(4, 1))  # Regimes 0 and 1.
+  config.model.upsampler = dict(scale=4, max_noise_level=250, patch_size=32)
+  config.model.upsampler_unet = upsampler_unet_model(arg.runlocal, max_noise_level=250)
+  return config

@@ -1,0 +1,56 @@
+"""Loading trained stages for sampling: a run's stage workdirs or an exported folder.
+
+A run (as the quickstart lays it out) is a folder with one workdir per stage:
+`<run>/autoencoder`, `<run>/image`, `<run>/video`, ... Each holds orbax
+checkpoints whose `config` item is the stage's config; params are read with
+their EMA values where the run kept an EMA.
+"""
+
+import json
+import os
+
+import flax
+import ml_collections
+
+from videoldm.pipelines import video_ldm
+from videoldm.train import checkpointing
+from videoldm.train import stages
+
+SAMPLING_STAGES = ('image', 'video', 'interpolation', 'decoder', 'upsampler')
+
+
+def read_config(step_dir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(step_dir, 'config', 'metadata')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Checkpoint {step_dir!r} has no config item ({path!r} is missing).')
+  with open(path) as file:
+    return ml_collections.ConfigDict(json.load(file))
+
+
+def load_stage(workdir: str, use_ema: bool = True) -> video_ldm.Model:
+  """The stage trained in `workdir` (its latest checkpoint) with inference params."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'Stage workdir {workdir!r} does not exist.')
+  step_dir = checkpointing.latest_step_dir(workdir)
+  config = read_config(step_dir)
+  stage = stages.get_stage(config.stage)(config)
+  flat = checkpointing.read_state_params(os.path.join(step_dir, 'state'),
+                                         use_ema=use_ema and config.get('ema_decay') is not None)
+  params = flax.traverse_util.unflatten_dict(flat, sep='/')
+  return video_ldm.Model(stage, params)
+
+
+def load_run(run_dir: str, names=SAMPLING_STAGES, required=('image', 'video')) -> dict:
+  """`{stage name: Model}` for the stages of `run_dir` that exist (required ones must)."""
+  if not os.path.isdir(run_dir):
+    raise FileNotFoundError(f'Run directory {run_dir!r} does not exist.')
+  models = {}
+  for name in names:
+    workdir = os.path.join(run_dir, name)
+    if not os.path.isdir(workdir):
+      if name in required:
+        raise FileNotFoundError(f'Run {run_dir!r} has no {name!r} stage ({workdir!r} is '
+                                'missing); train it first.')
+      continue
+    models[name] = load_stage(workdir)
+  return models

@@ -1,0 +1,281 @@
+"""The Video LDM sampling stack (paper Fig. 5), streaming frame by frame.
+
+  key frames   first frame from the image LDM (or given), then the prediction
+               model with 1 context frame, then repeatedly with 2 (Sec. 3.2);
+               every window is one DDIM scan with context guidance (Eq. 4)
+               and classifier-free label guidance in one batched model call
+  interpolate  T -> 4T between key frames, once or twice (Sec. 3.3)
+  decode       the temporal decoder over overlapping chunks of frames
+  upsample     the x4 video upsampler over windows of frames (Sec. 3.4)
+
+Each step is a generator over frames `(b, ...)` that holds only a window, so
+memory stays flat as the requested length grows; each step's compiled
+function sees one fixed shape and is reused for every window.
+"""
+
+import dataclasses
+import itertools
+import math
+from typing import Iterator
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+
+from videoldm import config_utils
+from videoldm.models import unet as unet_lib
+from videoldm.pipelines import streams
+from videoldm.train.stages import interpolation as interpolation_stage
+from videoldm.train.stages import latent
+from videoldm.train.stages import upsampler as upsampler_stage
+from videoldm.train.stages import video as video_stage
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What to generate; None means the value the stage was trained with."""
+  num_frames: int
+  labels: tuple[int, ...] = (0,)
+  seed: int = 0
+  guidance: float | None = None
+  context_guidance: float | None = None
+  steps: int | None = None
+  eta: float | None = None
+  interpolation_passes: int = 1
+  upsample: bool = False
+  window_frames: int | None = None  # Frames per prediction window (> trained: Sec. 4.2).
+  latent_size: tuple[int, int] | None = None  # Latent (h, w) (> trained: Sec. 4.2).
+  decode_chunk: int = 8
+  decode_overlap: int = 2
+  upsample_window: int = 8
+  interpolation_batch: int = 4  # Key-frame windows interpolated per compiled call.
+
+
+@dataclasses.dataclass
+class Model:
+  """A trained stage: its `Stage` object (modules, schedule, config) and inference params."""
+  stage: object
+  params: object
+
+
+def with_sampling(stage_cls, config, settings: Settings):
+  """A stage built from `config` with the sampling overrides of `settings`."""
+  overrides = {'sampling.num_steps': settings.steps, 'sampling.eta': settings.eta,
+               'sampling.guidance_scale': settings.guidance,
+               'sampling.context_guidance': settings.context_guidance}
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  return stage_cls(config_utils.override(config, **overrides))
+
+
+def num_key_frames(settings: Settings) -> int:
+  factor = interpolation_stage.UPSAMPLING ** settings.interpolation_passes
+  return math.ceil((settings.num_frames - 1) / factor) + 1
+
+
+class VideoLDM:
+  """Generates videos from trained stages: `frames()` yields `(b, H, W, 3)` in [-1, 1]."""
+
+  def __init__(self, models: dict[str, Model], settings: Settings):
+    for name in ('image', 'video'):
+      if name not in models:
+        raise ValueError(f'The pipeline needs the {name!r} stage; got {sorted(models)}.')
+    if settings.interpolation_passes and 'interpolation' not in models:
+      raise ValueError(f'interpolation_passes={settings.interpolation_passes} needs the '
+                       "'interpolation' stage.")
+    if settings.upsample and 'upsampler' not in models:
+      raise ValueError("upsample=True needs the 'upsampler' stage.")
+    if settings.num_frames < 1:
+      raise ValueError(f'num_frames={settings.num_frames} must be >= 1.')
+    if settings.interpolation_passes not in (0, 1, 2):
+      raise ValueError(f'interpolation_passes={settings.interpolation_passes} must be 0, 1 or 2.')
+    self.models = models
+    self.settings = settings
+    self.labels = jnp.asarray(settings.labels, jnp.int32)
+    video_config = models['video'].stage.config
+    self.window = settings.window_frames or video_config.data.num_frames
+    if self.window < 3:
+      raise ValueError(f'window_frames={self.window} must be >= 3 (2 context frames + 1 new).')
+    self._compiled = {}
+
+  # ------------------------------------------------------------- key frames
+  def latent_shape(self) -> tuple[int, ...]:
+    image = self.models['image'].stage
+    ae = image.autoencoder.config
+    factor = 2 ** (len(ae.block_out_channels) - 1)
+    size = image.config.data.image_size // factor
+    h, w = self.settings.latent_size or (size, size)
+    return (len(self.settings.labels), h, w, ae.latent_channels)
+
+  def _image_fn(self):
+    stage = self.models['image'].stage
+
+    def sample(params, labels, key):
+      null = jnp.full_like(labels, unet_lib.null_class_label(stage.config.model.unet))
+      model_fn = lambda x, t, cond: stage.unet.apply({'params': params['unet']}, x, t,
+                                                     class_labels=cond)
+      noise = jax.random.normal(key, self.latent_shape())
+      return latent.ddim_sample(stage.config, stage.schedule, model_fn, [null, labels],
+                                [stage.config.sampling.guidance_scale], noise, key)
+    return jax.jit(sample)
+
+  def _predict_fn(self):
+    stage = self.models['video'].stage
+
+    def predict(params, context_latents, mask, labels, key):
+      return video_stage.sample_with_context(stage.config, stage.schedule, stage.apply_unet,
+                                             params, context_latents, mask, labels, key)
+    return jax.jit(predict)
+
+  def compiled(self, name: str):
+    """The jitted function of one step, built once and reused for every window."""
+    if name not in self._compiled:
+      self._compiled[name] = getattr(self, f'_{name}_fn')()
+    return self._compiled[name]
+
+  def key_frame_latents(self, key: jax.Array, first_latent=None) -> Iterator[jax.Array]:
+    """Yields key-frame latents `(b, h, w, c)`, endlessly: image model, then windows."""
+    image_params = self.models['image'].params
+    video_params = self.models['video'].params
+    image_key, key = jax.random.split(key)
+    if first_latent is None:
+      first_latent = self.compiled('image')(image_params, self.labels, image_key)
+    b = first_latent.shape[0]
+    context = jnp.zeros((b, self.window) + first_latent.shape[1:]).at[:, 0].set(first_latent)
+    num_context = 1
+    for window in itertools.count():
+      mask = latent.leading_frames_mask(jnp.full((b,), num_context), self.window)
+      logging.info('Key-frame window %d (%d context frames).', window, num_context)
+      z = self.compiled('predict')(video_params, context, mask, self.labels,
+                                   jax.random.fold_in(key, window))
+      for i in range(0 if window == 0 else num_context, self.window):
+        yield z[:, i]
+      context = jnp.zeros_like(context).at[:, :2].set(z[:, -2:])
+      num_context = 2
+
+  # ---------------------------------------------------------- interpolation
+  def _interpolate_fn(self):
+    stage = self.models['interpolation'].stage
+
+    def interpolate(params, windows, labels, regime, key):
+      mask = jnp.broadcast_to(interpolation_stage.key_frame_mask(self.key_frames_per_window),
+                              windows.shape[:2])
+      return video_stage.sample_with_context(stage.config, stage.schedule, stage.apply_unet,
+                                             params, windows, mask, labels, key, regime=regime)
+    return jax.jit(interpolate)
+
+  @property
+  def key_frames_per_window(self) -> int:
+    return self.models['interpolation'].stage.config.model.interpolation.num_key_frames
+
+  def interpolate(self, keys: Iterator[jax.Array], num_keys: int, regime: int,
+                  key: jax.Array) -> Iterator[jax.Array]:
+    """T -> 4T: yields the key frames (exactly) with 3 generated frames between each pair."""
+    k = self.key_frames_per_window
+    step = interpolation_stage.UPSAMPLING
+    per_call = self.settings.interpolation_batch
+    params = self.models['interpolation'].params
+    buffer, done, call = [], 0, 0
+    pending_windows = []
+    for frame in itertools.islice(keys, num_keys):
+      buffer.append(frame)
+      if len(buffer) == k:
+        pending_windows.append(buffer)
+        buffer = buffer[-1:]
+      if len(pending_windows) == per_call:
+        yield from self._interpolate_windows(pending_windows, params, regime, key, call, done == 0)
+        done += len(pending_windows)
+        pending_windows, call = [], call + 1
+    if len(buffer) > 1:  # A last, partial window: pad with its last key frame.
+      real = len(buffer)
+      pending_windows.append(buffer + [buffer[-1]] * (k - real))
+      tail = (real - 1) * step + 1
+    else:
+      tail = None
+    if pending_windows:
+      yield from self._interpolate_windows(pending_windows, params, regime, key, call, done == 0,
+                                           last_window_frames=tail)
+    elif done == 0 and buffer:
+      yield buffer[0]  # A single key frame: nothing to interpolate.
+
+  def _interpolate_windows(self, windows, params, regime, key, call, first, last_window_frames=None):
+    k = self.key_frames_per_window
+    step = interpolation_stage.UPSAMPLING
+    per_call = self.settings.interpolation_batch
+    b = windows[0][0].shape[0]
+    count = len(windows)
+    windows = windows + [windows[-1]] * (per_call - count)
+    stacked = []
+    for keys in windows:  # Key frames at every 4th position, zeros between.
+      frames = []
+      for i, frame in enumerate(keys):
+        frames.append(frame)
+        if i < k - 1:
+          frames.extend([jnp.zeros_like(frame)] * (step - 1))
+      stacked.append(jnp.stack(frames, axis=1))  # (b, 4 (k-1) + 1, h, w, c)
+    batch = jnp.concatenate(stacked, axis=0)  # (per_call b, L, h, w, c)
+    labels = jnp.tile(self.labels, per_call)
+    regimes = jnp.full((per_call * b,), regime, jnp.int32)
+    out = self.compiled('interpolate')(params, batch, labels, regimes,
+                                       jax.random.fold_in(key, call))
+    for w in range(count):
+      frames = out[w * b:(w + 1) * b]
+      start = 0 if (first and w == 0) else 1
+      stop = frames.shape[1]
+      if last_window_frames is not None and w == count - 1:
+        stop = last_window_frames
+      for i in range(start, stop):
+        yield frames[:, i]
+
+  # ------------------------------------------------------ decode / upsample
+  def _decode_fn(self):
+    if 'decoder' in self.models:
+      stage = self.models['decoder'].stage
+      return jax.jit(lambda params, z: stage.decode_video(params, z))
+    stage = self.models['image'].stage
+    return jax.jit(lambda params, z: latent.decode_latents(stage.autoencoder, params, z))
+
+  def decode(self, latents: Iterator[jax.Array]) -> Iterator[jax.Array]:
+    model = self.models.get('decoder') or self.models['image']
+    if 'decoder' in self.models:
+      params = model.params
+    else:
+      params = dict(autoencoder=model.params['autoencoder'],
+                    latent_scale=model.params['latent_scale'])
+    overlap = self.settings.decode_overlap if 'decoder' in self.models else 0
+    fn = lambda z: self.compiled('decode')(params, z)
+    return streams.chunked_overlap(latents, self.settings.decode_chunk, overlap, fn)
+
+  def _upsample_fn(self):
+    stage = self.models['upsampler'].stage
+    return jax.jit(lambda params, frames, key: upsampler_stage.upsample(stage, params, frames, key))
+
+  def upsample(self, frames: Iterator[jax.Array], key: jax.Array) -> Iterator[jax.Array]:
+    params = self.models['upsampler'].params
+    counter = itertools.count()
+    fn = lambda x: self.compiled('upsample')(params, jnp.clip(x, -1, 1),
+                                             jax.random.fold_in(key, next(counter)))
+    return streams.chunked(frames, self.settings.upsample_window, fn)
+
+  # ------------------------------------------------------------------ all
+  def latents(self, key: jax.Array) -> Iterator[jax.Array]:
+    """Dense latents after interpolation, exactly as many as the final video needs."""
+    s = self.settings
+    key_key, interp_key = jax.random.split(key)
+    n_keys = num_key_frames(s)
+    stream = itertools.islice(self.key_frame_latents(key_key), n_keys)
+    count = n_keys
+    regimes = (0, 1)[2 - s.interpolation_passes:] if s.interpolation_passes else ()
+    for index, regime in enumerate(regimes):
+      stream = self.interpolate(stream, count, regime, jax.random.fold_in(interp_key, index))
+      count = (count - 1) * interpolation_stage.UPSAMPLING + 1
+    return itertools.islice(stream, s.num_frames)
+
+  def frames(self) -> Iterator[jax.Array]:
+    """Final frames `(b, H, W, 3)` in [-1, 1], streamed in order."""
+    key = jax.random.key(self.settings.seed)
+    latent_key, upsample_key = jax.random.split(key)
+    frames = self.decode(self.latents(latent_key))
+    if self.settings.upsample:
+      frames = self.upsample(frames, upsample_key)
+    for frame in frames:
+      yield jnp.clip(frame, -1.0, 1.0)

@@ -1,0 +1,98 @@
+r"""Samples a video from a trained Video LDM run.
+
+  python -m videoldm.sample --workdir=/tmp/videoldm_quickstart \
+      --num_frames=61 --labels=3,7 --out=/tmp/digits.mp4 --gif
+
+`--workdir` is a run folder with one workdir per stage (`image`, `video`,
+`interpolation`, `decoder`, `upsampler`, as the quickstart writes them).
+Writes the MP4 (and GIF with `--gif`) and `<out>_frames.png`, a contact sheet
+of every 4th frame, one row per video.
+"""
+
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from videoldm.pipelines import loading
+from videoldm.pipelines import video_ldm
+from videoldm.pipelines import writer
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder with one workdir per stage.')
+_OUT = flags.DEFINE_string('out', 'video.mp4', 'Output MP4 path.')
+_NUM_FRAMES = flags.DEFINE_integer('num_frames', None, 'Frames to generate (default 29).')
+_SECONDS = flags.DEFINE_float('seconds', None, 'Length in seconds (num_frames = seconds * fps).')
+_FPS = flags.DEFINE_float('fps', 8.0, 'Frame rate of the written video.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_LABELS = flags.DEFINE_list('labels', ['3'], 'Class labels, one video per label.')
+_TEXT = flags.DEFINE_string('text', None, 'Text prompt (text-conditioned models only).')
+_GUIDANCE = flags.DEFINE_float('guidance', None, 'Classifier-free guidance scale.')
+_CONTEXT_GUIDANCE = flags.DEFINE_float('context_guidance', None, 'Context guidance scale (Eq. 4).')
+_STEPS = flags.DEFINE_integer('steps', None, 'DDIM steps per window.')
+_ETA = flags.DEFINE_float('eta', None, 'DDIM eta (0 = deterministic).')
+_INTERPOLATION = flags.DEFINE_integer('interpolation_passes', 1, 'T -> 4T passes: 0, 1 or 2.')
+_UPSAMPLE = flags.DEFINE_bool('upsample', False, 'Apply the x4 video upsampler.')
+_WINDOW = flags.DEFINE_integer('window_frames', None, 'Frames per prediction window.')
+_GIF = flags.DEFINE_bool('gif', False, 'Also write a GIF next to the MP4.')
+
+
+class Progress:
+  """Logs frames done, elapsed time and ETA."""
+
+  def __init__(self, total: int, every: int = 4):
+    self.total, self.every, self.start = total, every, time.time()
+
+  def __call__(self, done: int) -> None:
+    if done % self.every and done != self.total:
+      return
+    elapsed = time.time() - self.start
+    eta = elapsed / done * (self.total - done) if done else float('nan')
+    logging.info('[%s%s] %d/%d frames, %.0fs elapsed, ETA %.0fs',
+                 '#' * (20 * done // self.total), '.' * (20 - 20 * done // self.total),
+                 done, self.total, elapsed, eta)
+
+
+def settings_from_flags() -> video_ldm.Settings:
+  if _NUM_FRAMES.value is not None and _SECONDS.value is not None:
+    raise ValueError('Give --num_frames or --seconds, not both.')
+  num_frames = _NUM_FRAMES.value or (round(_SECONDS.value * _FPS.value) if _SECONDS.value
+                                     else 29)
+  try:
+    labels = tuple(int(label) for label in _LABELS.value)
+  except ValueError:
+    raise ValueError(f'--labels={",".join(_LABELS.value)} must be integers.') from None
+  if _TEXT.value is not None:
+    raise ValueError('--text needs a text-conditioned model; this run is class-conditional '
+                     '(use --labels).')
+  return video_ldm.Settings(
+      num_frames=num_frames, labels=labels, seed=_SEED.value, guidance=_GUIDANCE.value,
+      context_guidance=_CONTEXT_GUIDANCE.value, steps=_STEPS.value, eta=_ETA.value,
+      interpolation_passes=_INTERPOLATION.value, upsample=_UPSAMPLE.value,
+      window_frames=_WINDOW.value)
+
+
+def generate(run_dir: str, settings: video_ldm.Settings, out: str, fps: float,
+             gif: bool = False) -> int:
+  """Loads the run's stages, streams the video into `out`; returns the frame count."""
+  models = loading.load_run(run_dir)
+  pipeline = video_ldm.VideoLDM(models, settings)
+  progress = Progress(settings.num_frames)
+  with writer.VideoWriter(out, fps, gif) as video:
+    for frame in pipeline.frames():
+      video.append(frame)
+      progress(video.count)
+  return video.count
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not _WORKDIR.value:
+    raise app.UsageError('--workdir is required.')
+  count = generate(_WORKDIR.value, settings_from_flags(), _OUT.value, _FPS.value, _GIF.value)
+  logging.info('Done: %d frames in %s.', count, _OUT.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,192 @@
+"""Orbax checkpoints of a run, and `init_from` loading of params from another run.
+
+A run's checkpoints live in `<workdir>/checkpoints/<step>/` with three items:
+`state` (the TrainState), `data` (the data iterator state, JSON) and
+`config` (JSON). Orbax writes into a temporary dir and renames it when
+complete, so a half-written step is never listed. Restoring tries the newest
+step first and falls back to older ones when a step is unreadable.
+"""
+
+import base64
+import json
+import os
+import re
+from typing import Any
+
+from absl import logging
+import flax
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+ITEMS = ('state', 'data', 'config')
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'checkpoints')
+
+
+def make_manager(workdir: str, checkpoint_config) -> ocp.CheckpointManager:
+  """A CheckpointManager keeping the latest `checkpoint_config.keep` steps."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=int(checkpoint_config.keep) if checkpoint_config.get('keep') else None,
+      enable_async_checkpointing=bool(checkpoint_config.get('async_save', True)),
+      create=True, cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def _encode_data_state(data_state: Any) -> Any:
+  """Iterator states may be bytes (e.g. grain); JSON needs text."""
+  if isinstance(data_state, bytes):
+    return {'__bytes_base64__': base64.b64encode(data_state).decode('ascii')}
+  return data_state
+
+
+def _decode_data_state(data_state: Any) -> Any:
+  if isinstance(data_state, dict) and set(data_state) == {'__bytes_base64__'}:
+    return base64.b64decode(data_state['__bytes_base64__'])
+  return data_state
+
+
+def config_to_json_dict(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON data (tuples become lists, unknown objects strings)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
+         config: ml_collections.ConfigDict, force: bool = False) -> bool:
+  """Saves (asynchronously when enabled) state, data iterator state and config."""
+  args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.JsonSave({'iterator': _encode_data_state(data_state)}),
+      config=ocp.args.JsonSave(config_to_json_dict(config)))
+  return manager.save(step, args=args, force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager,
+                   abstract_state: Any) -> tuple[int, Any, Any] | None:
+  """(step, state, data_state) from the newest readable step, or None if there is none.
+
+  `abstract_state` is a tree of ShapeDtypeStructs carrying the target shardings.
+  An unreadable step is reported with a warning and the next older one is tried.
+  """
+  manager.reload()
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      return step, restored.state, _decode_data_state(restored.data['iterator'])
+    except Exception as error:  # Any unreadable file makes this step unusable.
+      logging.warning('Checkpoint at step %d in %s is corrupt or incomplete (%s: %s); '
+                      'falling back to the previous one.', step, manager.directory,
+                      type(error).__name__, str(error).splitlines()[0][:200] if str(error) else '')
+  return None
+
+
+# ----------------------------------------------------------------------------
+# init_from: params of another run (or a params file) into a fresh tree.
+# ----------------------------------------------------------------------------
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
+
+
+def _read_state_params(state_dir: str, use_ema: bool) -> dict[str, np.ndarray]:
+  """Flat params (EMA leaves overlaid when asked) from a checkpoint's `state` item as numpy."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(state_dir).item_metadata.tree
+  wanted = {'params': metadata['params']}
+  if use_ema and metadata.get('ema_params'):
+    wanted['ema_params'] = metadata['ema_params']
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=restore_args, partial_restore=True))
+  flat = _flat(restored['params'])
+  if use_ema:
+    if 'ema_params' not in restored:
+      raise ValueError(f'init_from.use_ema is set but the checkpoint {state_dir!r} '
+                       'has no EMA params.')
+    flat.update(_flat(restored['ema_params']))
+  return flat
+
+
+def _latest_step_dir(directory: str) -> str:
+  """`directory` is a workdir, its checkpoints/ dir, or one step dir; returns a step dir."""
+  for candidate in (checkpoint_dir(directory), directory):
+    if os.path.isdir(os.path.join(candidate, 'state')):
+      return candidate
+    if os.path.isdir(candidate):
+      steps = [int(name) for name in os.listdir(candidate) if name.isdigit()
+               and os.path.isdir(os.path.join(candidate, name, 'state'))]
+      if steps:
+        return os.path.join(candidate, str(max(steps)))
+  raise FileNotFoundError(f'init_from directory {directory!r} holds no checkpoint; expected a '
+                          'workdir, its checkpoints/ dir or a step dir with a state/ item.')
+
+
+def read_source_params(init_config) -> tuple[str, dict[str, np.ndarray]]:
+  """(description, flat '/'-joined params) named by `init_config.workdir` or `.path`."""
+  location = init_config.get('workdir') or init_config.get('path')
+  if not os.path.exists(location):
+    raise FileNotFoundError(f'init_from location {location!r} does not exist.')
+  use_ema = bool(init_config.get('use_ema', False))
+  if os.path.isdir(location):
+    step_dir = _latest_step_dir(location)
+    return step_dir, _read_state_params(os.path.join(step_dir, 'state'), use_ema)
+  if location.endswith('.safetensors'):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    return location, dict(load_file(location))
+  if location.endswith('.msgpack'):
+    with open(location, 'rb') as file:
+      return location, _flat(flax.serialization.msgpack_restore(file.read()))
+  raise ValueError(f'init_from path {location!r} is not a directory, .msgpack or '
+                   '.safetensors file.')
+
+
+def merge_init_params(target: Any, source: dict[str, np.ndarray], exempt=(),
+                      description: str = 'source') -> tuple[Any, list[str]]:
+  """Copies `source` leaves into `target` with a strict name and shape check.
+
+  Params matching an `exempt` regex may be absent (they keep their init) or
+  unused. Returns the new tree (numpy for loaded leaves) and the exempt paths
+  that kept their init.
+  """
+  regexes = [re.compile(pattern) for pattern in exempt or ()]
+  is_exempt = lambda path: any(regex.search(path) for regex in regexes)
+  flat_target = _flat(target)
+  kept_init = []
+  for path, value in flat_target.items():
+    if path not in source:
+      if not is_exempt(path):
+        raise ValueError(f'Parameter {path!r} is not in init_from {description!r} and matches '
+                         'no init_from.exempt regex.')
+      kept_init.append(path)
+      continue
+    if tuple(source[path].shape) != tuple(value.shape):
+      if not is_exempt(path):
+        raise ValueError(f'Parameter {path!r} has shape {tuple(source[path].shape)} in init_from '
+                         f'{description!r} but {tuple(value.shape)} in the model.')
+      kept_init.append(path)
+      continue
+    flat_target[path] = np.asarray(source[path], dtype=value.dtype)
+  for path in source:
+    if path not in flat_target and not is_exempt(path):
+      raise ValueError(f'Parameter {path!r} of init_from {description!r} has no counterpart '
+                       'in the model and matches no init_from.exempt regex.')
+  return flax.traverse_util.unflatten_dict(flat_target, sep='/'), kept_init
+
+
+def init_from_enabled(init_config) -> bool:
+  return init_config is not None and bool(init_config.get('workdir') or init_config.get('path'))
+
+
+def load_init_params(init_config, target: Any) -> Any:
+  """`target` with every non-exempt leaf replaced by the one from `init_config`'s source."""
+  description, source = read_source_params(init_config)
+  params, kept_init = merge_init_params(target, source, init_config.get('exempt') or (),
+                                        description)
+  logging.info('Initialised params from %s; %d exempt params keep their init: %s',
+               description, len(kept_init), kept_init)
+  return params

@@ -1,0 +1,131 @@
+"""Stage `interpolation`: T -> 4T temporal interpolation (paper Sec. 3.3).
+
+Same masking machinery as the prediction model, but the visible frames are
+the key frames every 4th frame of a window of `4 (K - 1) + 1` frames, and the
+3 frames between each pair are generated. One model is trained jointly for two
+regimes — T -> 4T (key frames far apart, frame stride `strides[0]`) and
+4T -> 16T (stride `strides[1]`) — told apart by a binary regime conditioning
+that reaches the temporal layers' frame embedding.
+
+Param tree: `autoencoder/`, `latent_scale`, `unet/` (with `regime` inputs).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from videoldm.models import autoencoder as autoencoder_lib
+from videoldm.models import unet as unet_lib
+from videoldm.models import video_unet as video_unet_lib
+from videoldm.train import stages
+from videoldm.train.stages import base
+from videoldm.train.stages import latent
+from videoldm.train.stages import video as video_stage
+
+UPSAMPLING = 4  # Frames per key-frame interval: 3 new frames between each pair.
+
+
+def window_length(num_key_frames: int) -> int:
+  return UPSAMPLING * (num_key_frames - 1) + 1
+
+
+def key_frame_mask(num_key_frames: int) -> jax.Array:
+  """`(4 (K - 1) + 1,)` float mask, 1 on the key frames (every 4th frame)."""
+  length = window_length(num_key_frames)
+  return (jnp.arange(length) % UPSAMPLING == 0).astype(jnp.float32)
+
+
+def regime_windows(video: jax.Array, regime: jax.Array, strides, num_key_frames: int,
+                   offset_key: jax.Array) -> jax.Array:
+  """Per example, a window of `4 (K - 1) + 1` frames at the stride of its regime.
+
+  video: `(b, F, H, W, C)` loaded at stride 1; regime: `(b,)` int in {0, 1}.
+  """
+  b, num_frames = video.shape[:2]
+  length = window_length(num_key_frames)
+  stride = jnp.asarray(strides, jnp.int32)[regime]  # (b,)
+  span = (length - 1) * stride + 1
+  offset = jax.random.randint(offset_key, (b,), 0, num_frames - span + 1)
+  index = offset[:, None] + jnp.arange(length)[None, :] * stride[:, None]  # (b, length)
+  return jnp.take_along_axis(video, index[:, :, None, None, None], axis=1)
+
+
+def check_clip_length(num_frames: int, strides, num_key_frames: int) -> None:
+  needed = (window_length(num_key_frames) - 1) * max(strides) + 1
+  if num_frames < needed:
+    raise ValueError(f'Interpolation needs clips of at least {needed} frames for '
+                     f'{num_key_frames} key frames at strides {tuple(strides)}; '
+                     f'config.data.num_frames is {num_frames}.')
+
+
+class InterpolationStage(base.Stage):
+  """Masked-frame interpolation LDM with binary regime conditioning."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    interp = config.model.interpolation
+    check_clip_length(config.data.num_frames, interp.strides, interp.num_key_frames)
+    if not config.model.unet.temporal.regime_conditioning:
+      raise ValueError('The interpolation stage needs '
+                       'config.model.unet.temporal.regime_conditioning=True.')
+    self.autoencoder = autoencoder_lib.AutoencoderKL(latent.autoencoder_config(config))
+    self.unet = video_unet_lib.VideoUNet(config.model.unet)
+    self.schedule = latent.make_schedule(config)
+
+  def windows(self, batch, key, regime=None):
+    """Windows `(b, 4 (K - 1) + 1, H, W, 3)`, their regimes (random unless given), mask."""
+    interp = self.config.model.interpolation
+    regime_key, offset_key = jax.random.split(key)
+    b = batch['video'].shape[0]
+    if regime is None:
+      regime = jax.random.bernoulli(regime_key, 0.5, (b,)).astype(jnp.int32)
+    video = regime_windows(batch['video'], regime, interp.strides, interp.num_key_frames,
+                           offset_key)
+    mask = jnp.broadcast_to(key_frame_mask(interp.num_key_frames), video.shape[:2])
+    return video, regime, mask
+
+  def apply_unet(self, params, x, t, labels, context_latents, mask, regime):
+    return self.unet.apply({'params': params['unet']}, x, t, class_labels=labels,
+                           context_latents=context_latents, context_mask=mask,
+                           regime=regime.astype(jnp.float32))
+
+  def init_params(self, rng, batch):
+    ae_key, unet_key = jax.random.split(rng)
+    ae_params = latent.init_autoencoder_params(self.autoencoder, ae_key, batch['video'].shape[2])
+    scale = jnp.asarray(self.autoencoder.config.scaling_factor, jnp.float32)
+    length = window_length(self.config.model.interpolation.num_key_frames)
+    z = latent.encode_video(self.autoencoder, dict(autoencoder=ae_params, latent_scale=scale),
+                            batch['video'][:1, :length], None)
+    unet_params = self.unet.init(
+        unet_key, z, jnp.zeros((1,), jnp.int32), class_labels=jnp.zeros((1,), jnp.int32),
+        context_latents=z, context_mask=jnp.ones(z.shape[:2]),
+        regime=jnp.zeros((1,)))['params']
+    return dict(autoencoder=ae_params, latent_scale=scale, unet=unet_params)
+
+  def loss_fn(self, params, batch, rng, step):
+    del step
+    window_key, enc_key, noise_key, drop_key = jax.random.split(rng, 4)
+    video, regime, mask = self.windows(batch, window_key)
+    z0 = latent.encode_video(self.autoencoder, params, video, enc_key)
+    labels = latent.drop_labels(drop_key, latent.class_labels(batch),
+                                self.config.model.label_dropout,
+                                unet_lib.null_class_label(self.config.model.unet))
+    noised = latent.add_noise(self.schedule, z0, noise_key)
+    prediction = self.apply_unet(params, noised.x_t, noised.t, labels, z0, mask, regime)
+    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised,
+                                 mask=1.0 - mask)
+    return loss, {'regime_fine': jnp.mean(regime.astype(jnp.float32))}
+
+  def sample(self, params, batch, rng):
+    """Interpolates the key frames of each eval window, in the T -> 4T regime."""
+    window_key, sample_key = jax.random.split(rng)
+    regime = jnp.zeros((batch['video'].shape[0],), jnp.int32)
+    video, regime, mask = self.windows(batch, window_key, regime)
+    z0 = latent.encode_video(self.autoencoder, params, video, None)
+    z = video_stage.sample_with_context(
+        self.config, self.schedule, self.apply_unet, params, z0, mask,
+        latent.class_labels(batch), sample_key, regime=regime)
+    samples = latent.decode_latents(self.autoencoder, params, z)
+    return {'interpolation': jnp.clip(samples, -1, 1), 'data': video}
+
+
+stages.register_stage('interpolation', InterpolationStage)

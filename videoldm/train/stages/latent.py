@@ -1,0 +1,136 @@
+"""What the latent diffusion stages share: latents, noising, loss, masks, DDIM.
+
+Every latent stage keeps the frozen autoencoder under `autoencoder/` and the
+latent scale under `latent_scale` in its param tree, so a stage started with
+`init_from` a previous run gets both unchanged. The latent scale starts at the
+autoencoder config's `scaling_factor` and, with
+`config.model.calibrate_latent_scale`, is set once to 1 / std of the first
+batch's latents (`Stage.calibrate`), as the LDM paper does for its VAE.
+"""
+
+import dataclasses
+
+import einops
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from videoldm import diffusion
+from videoldm.models import autoencoder as autoencoder_lib
+
+
+def autoencoder_config(config: ml_collections.ConfigDict) -> autoencoder_lib.AutoencoderConfig:
+  """The `AutoencoderConfig` described by `config.model.autoencoder`."""
+  fields = config.model.autoencoder.to_dict()
+  return autoencoder_lib.AutoencoderConfig(**fields)
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
+  d = config.diffusion
+  return diffusion.make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
+
+
+def frames_of(video: jax.Array) -> jax.Array:
+  return einops.rearrange(video, 'b f h w c -> (b f) h w c')  # (b f) h w c
+
+
+def encode_video(autoencoder: autoencoder_lib.AutoencoderKL, params, video: jax.Array,
+                 key: jax.Array | None) -> jax.Array:
+  """Video `(b, f, H, W, 3)` in [-1, 1] -> scaled latents `(b, f, h, w, c)`.
+
+  A posterior sample with `key`, its mean without.
+  """
+  posterior = autoencoder.apply({'params': params['autoencoder']}, frames_of(video),
+                                method=autoencoder.encode)
+  z = posterior.mode() if key is None else posterior.sample(key)
+  z = jax.lax.stop_gradient(z) * params['latent_scale']
+  return einops.rearrange(z, '(b f) h w c -> b f h w c', b=video.shape[0])  # b f h w c
+
+
+def decode_latents(autoencoder: autoencoder_lib.AutoencoderKL, params,
+                   latents: jax.Array) -> jax.Array:
+  """Scaled latents `(b, f, h, w, c)` -> video `(b, f, H, W, 3)` (frame by frame)."""
+  frames = autoencoder.apply({'params': params['autoencoder']},
+                             frames_of(latents) / params['latent_scale'],
+                             method=autoencoder.decode)
+  return einops.rearrange(frames, '(b f) h w c -> b f h w c', b=latents.shape[0])
+
+
+def init_autoencoder_params(autoencoder: autoencoder_lib.AutoencoderKL, rng: jax.Array,
+                            image_size: int) -> dict:
+  """Fresh autoencoder params (normally replaced by `init_from`)."""
+  images = jnp.zeros((1, image_size, image_size, autoencoder.config.in_channels))
+  return autoencoder.init(rng, images)['params']
+
+
+def calibrated_latent_scale(autoencoder, params, video: jax.Array) -> jax.Array:
+  """1 / std of the (unscaled) posterior means of `video`."""
+  unscaled = dict(params, latent_scale=jnp.ones(()))
+  z = encode_video(autoencoder, unscaled, video, key=None)
+  return 1.0 / jnp.maximum(jnp.std(z), 1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class Noised:
+  """A noised training example: `x_t = alpha x0 + sigma noise` at timesteps `t`."""
+  t: jax.Array  # (b,)
+  noise: jax.Array
+  x_t: jax.Array
+  alpha: jax.Array  # (b,)
+  sigma: jax.Array  # (b,)
+
+
+def add_noise(schedule: diffusion.Schedule, x0: jax.Array, key: jax.Array) -> Noised:
+  """Uniform timesteps per example and Gaussian noise (paper Eq. 1)."""
+  t_key, noise_key = jax.random.split(key)
+  t = diffusion.sample_timesteps(t_key, x0.shape[0], schedule)
+  noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+  return Noised(t, noise, diffusion.q_sample(schedule, x0, t, noise),
+                schedule.alpha(t), schedule.sigma(t))
+
+
+def denoising_loss(config: ml_collections.ConfigDict, schedule: diffusion.Schedule,
+                   prediction: jax.Array, x0: jax.Array, noised: Noised,
+                   mask: jax.Array | None = None) -> jax.Array:
+  """Eq. 1 with the configured objective (eps or v) and weighting."""
+  d = config.diffusion
+  alpha = diffusion.expand_to(noised.alpha, x0.ndim)
+  sigma = diffusion.expand_to(noised.sigma, x0.ndim)
+  target = diffusion.training_target(d.prediction_type, x0, noised.noise, alpha, sigma)
+  return diffusion.diffusion_loss(
+      prediction, target, log_snr=schedule.log_snr(noised.t),
+      prediction_type=d.prediction_type, weighting=d.loss_weighting,
+      min_snr_gamma=d.min_snr_gamma, mask=mask)
+
+
+def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
+  """Replaces each label by `null_label` with probability `rate` (for CFG)."""
+  drop = jax.random.bernoulli(key, rate, labels.shape)
+  return jnp.where(drop, null_label, labels)
+
+
+def class_labels(batch: dict) -> jax.Array:
+  """The conditioning class of each video: its first digit label, `(b,)`."""
+  return batch['labels'][:, 0].astype(jnp.int32)
+
+
+def leading_frames_mask(num_context: jax.Array, num_frames: int) -> jax.Array:
+  """`(b, f)` float mask with ones on the first `num_context[i]` frames."""
+  return (jnp.arange(num_frames)[None, :] < num_context[:, None]).astype(jnp.float32)
+
+
+def sample_num_context(key: jax.Array, batch_size: int, probabilities) -> jax.Array:
+  """S per example from `{0, 1, ..., len(probabilities) - 1}` (paper Sec. 3.2)."""
+  logits = jnp.log(jnp.asarray(probabilities, jnp.float32))
+  return jax.random.categorical(key, logits, shape=(batch_size,))
+
+
+def ddim_sample(config: ml_collections.ConfigDict, schedule: diffusion.Schedule, model_fn,
+                conds, scales, noise: jax.Array, key: jax.Array) -> jax.Array:
+  """DDIM (config.sampling) with nested guidance over `conds` (least conditioned first)."""
+  s = config.sampling
+  denoise = diffusion.make_guided_denoiser(model_fn, conds, scales)
+  return diffusion.ddim_sample(
+      denoise, noise, key, schedule, num_steps=s.num_steps, eta=s.eta,
+      prediction_type=config.diffusion.prediction_type, timestep_spacing=s.timestep_spacing,
+      steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one)

@@ -1,0 +1,123 @@
+"""Train state, optimiser (AdamW + warmup-cosine + clipping), freezing and EMA.
+
+Freezing: `config.trainable` is a regex matched (`re.search`) against each
+parameter's '/'-joined path; matches are labelled 'trainable', the rest
+'frozen'. The optimiser is `optax.multi_transform` with `optax.set_to_zero()`
+for 'frozen', so moments exist only for trainable leaves. The train step splits
+the params with `partition` and differentiates only the trainable part.
+"""
+
+import re
+from typing import Any
+
+import flax
+from flax import struct
+import jax
+import jax.numpy as jnp
+import optax
+
+TRAINABLE, FROZEN = 'trainable', 'frozen'
+
+
+@struct.dataclass
+class TrainState:
+  """Everything the train step updates; checkpointed as one pytree.
+
+  `ema_params` holds only the trainable leaves (None when EMA is off).
+  `step` counts consumed batches, skipped (non-finite) ones included.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any
+  nonfinite_count: jax.Array
+  consecutive_nonfinite: jax.Array
+
+
+def _flat(params) -> dict[str, Any]:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
+
+
+def trainable_labels(params: Any, pattern: str | None) -> Any:
+  """Tree like `params` of 'trainable'/'frozen' from a regex (None or '.*' = all)."""
+  if pattern is None or pattern == '.*':
+    return jax.tree.map(lambda _: TRAINABLE, params)
+  try:
+    regex = re.compile(pattern)
+  except re.error as error:
+    raise ValueError(f'config.trainable={pattern!r} is not a valid regex ({error}).') from None
+  labels = {path: TRAINABLE if regex.search(path) else FROZEN for path in _flat(params)}
+  if TRAINABLE not in labels.values():
+    raise ValueError(f'config.trainable={pattern!r} matches no parameter; expected a regex '
+                     f'matching some of e.g. {sorted(labels)[:5]}.')
+  return flax.traverse_util.unflatten_dict(labels, sep='/')
+
+
+def partition(params: Any, labels: Any) -> tuple[dict, dict]:
+  """Splits params into (trainable, frozen) nested dicts holding only their leaves."""
+  flat_params, flat_labels = _flat(params), _flat(labels)
+  parts = {TRAINABLE: {}, FROZEN: {}}
+  for path, value in flat_params.items():
+    parts[flat_labels[path]][path] = value
+  unflatten = lambda flat: flax.traverse_util.unflatten_dict(flat, sep='/')
+  return unflatten(parts[TRAINABLE]), unflatten(parts[FROZEN])
+
+
+def merge(*trees: dict) -> dict:
+  """Inverse of `partition`: a union of disjoint nested dicts."""
+  flat = {}
+  for tree in trees:
+    flat.update(_flat(tree))
+  return flax.traverse_util.unflatten_dict(flat, sep='/')
+
+
+def learning_rate_schedule(optimizer_config, total_steps: int) -> optax.Schedule:
+  """Linear warmup to `lr`, then cosine decay to 0 over `decay_steps` (default: the rest)."""
+  warmup = int(optimizer_config.warmup_steps)
+  decay_steps = optimizer_config.get('decay_steps') or total_steps
+  if decay_steps <= warmup:
+    raise ValueError(f'Optimizer decay_steps={decay_steps} must exceed '
+                     f'warmup_steps={warmup}.')
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=float(optimizer_config.lr), warmup_steps=warmup,
+      decay_steps=int(decay_steps), end_value=0.0)
+
+
+def make_optimizer(optimizer_config, total_steps: int, labels: Any) -> optax.GradientTransformation:
+  """Clip by global norm + AdamW on trainable labels, `set_to_zero` on frozen ones."""
+  schedule = learning_rate_schedule(optimizer_config, total_steps)
+  chain = []
+  if optimizer_config.get('grad_clip'):
+    chain.append(optax.clip_by_global_norm(float(optimizer_config.grad_clip)))
+  chain.append(optax.adamw(schedule, b1=float(optimizer_config.b1), b2=float(optimizer_config.b2),
+                           weight_decay=float(optimizer_config.weight_decay)))
+  return optax.multi_transform(
+      {TRAINABLE: optax.chain(*chain), FROZEN: optax.set_to_zero()}, labels)
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+  """`ema <- decay * ema + (1 - decay) * params`, leafwise."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def init_state(params: Any, labels: Any, tx: optax.GradientTransformation,
+               ema_decay: float | None) -> TrainState:
+  """A fresh TrainState at step 0 (jittable)."""
+  trainable, _ = partition(params, labels)
+  ema = jax.tree.map(jnp.copy, trainable) if ema_decay is not None else None
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, opt_state=tx.init(params), ema_params=ema,
+                    nonfinite_count=zero, consecutive_nonfinite=zero)
+
+
+def parameter_overview(params: Any, labels: Any) -> str:
+  """A table of every parameter (path, shape, label) with trainable/frozen totals."""
+  flat_params, flat_labels = _flat(params), _flat(labels)
+  width = max((len(path) for path in flat_params), default=4)
+  lines = [f'{"path":<{width}}  {"shape":<20}  label']
+  totals = {TRAINABLE: 0, FROZEN: 0}
+  for path, value in sorted(flat_params.items()):
+    totals[flat_labels[path]] += int(value.size)
+    lines.append(f'{path:<{width}}  {str(tuple(value.shape)):<20}  {flat_labels[path]}')
+  lines.append(f'trainable: {totals[TRAINABLE]:,} params; frozen: {totals[FROZEN]:,} params')
+  return '\n'.join(lines)
