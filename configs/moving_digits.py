@@ -30,6 +30,9 @@ STAGES = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsample
 PREVIOUS_STAGE = dict(image='autoencoder', video='image', interpolation='video',
                       decoder='autoencoder', upsampler='upsampler_image')
 TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
+# Train steps per stage for `quickstart` (batch 8 on a 2-core CPU).
+QUICKSTART_STEPS = dict(autoencoder=600, image=1500, video=300, interpolation=200, decoder=150,
+                        upsampler_image=200, upsampler=100)
 
 
 def autoencoder_model(runlocal: bool) -> ml_collections.ConfigDict:
@@ -70,15 +73,21 @@ def upsampler_unet_model(runlocal: bool, max_noise_level: int) -> ml_collections
 
 
 def get_config(arg=None):
-  """`arg`: stage=<name>, runlocal (a CPU minute), variant=tiny."""
-  arg = config_utils.parse_arg(arg, stage='video', variant='tiny', runlocal=False)
+  """`arg`: stage=<name>, runlocal (a CPU minute each), quickstart (the README's run)."""
+  arg = config_utils.parse_arg(arg, stage='video', variant='tiny', runlocal=False,
+                               quickstart=False)
   if arg.stage not in STAGES:
     raise ValueError(f'Unknown stage {arg.stage!r}; expected one of {STAGES}.')
+  if arg.variant != 'tiny':
+    raise ValueError(f"Unknown variant {arg.variant!r}; moving_digits has only 'tiny'.")
   config = ml_collections.ConfigDict()
   config.stage = arg.stage
   config.seed = 0
   config.total_steps = 30 if arg.runlocal else 3000
   config.batch_size = 4 if arg.runlocal else 16
+  if arg.quickstart:  # The README's main command: every stage in ~20 CPU minutes.
+    config.total_steps = QUICKSTART_STEPS[arg.stage]
+    config.batch_size = 8
 
   config.optimizer = dict(lr=2e-4, warmup_steps=10 if arg.runlocal else 200, decay_steps=None,
                           b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0)
@@ -92,9 +101,15 @@ def get_config(arg=None):
       'upsampler_image': r'^unet/',
       'upsampler': r'^unet/.*' + TEMPORAL,
   }[arg.stage]
-  config.init_from = dict(workdir='', path='', exempt=[], use_ema=True)
-  if arg.stage in ('video', 'interpolation', 'upsampler'):
-    config.init_from.exempt = [TEMPORAL]
+  # exempt: new params that keep their init; ignore: source params left behind.
+  config.init_from = dict(workdir='', path='', exempt=[], ignore=[], use_ema=True)
+  config.init_from.exempt, config.init_from.ignore = {
+      'image': ([r'^unet/', r'^latent_scale$'], [r'^discriminator/']),
+      'video': ([TEMPORAL], []),
+      'interpolation': ([TEMPORAL], []),
+      'decoder': ([TEMPORAL, r'^discriminator/'], [r'^discriminator/']),
+      'upsampler': ([TEMPORAL], []),
+  }.get(arg.stage, ([], []))
 
   config.mesh = dict(data=-1, fsdp=1)
   config.sharding = dict(rules=[('mlp', 'fsdp'), ('embed', None)])
@@ -115,8 +130,8 @@ def get_config(arg=None):
       'autoencoder': (4, 4), 'image': (4, 4), 'video': (8, 4), 'interpolation': (17, 1),
       'decoder': (8, 1), 'upsampler_image': (2, 8), 'upsampler': (4, 1)}[arg.stage]
   config.data.image_size = 32
-  if arg.stage.startswith('upsampler'):
-    config.data.builder_kwargs = dict(num_frames=32, image_size=128)
+  if arg.stage.startswith('upsampler'):  # x4 frames; fewer clips keep generation quick.
+    config.data.builder_kwargs = dict(num_frames=32, image_size=128, num_train=400, num_test=40)
     config.data.image_size = 128
 
   config.diffusion = dict(schedule='scaled_linear', num_train_steps=1000, beta_start=0.00085,
@@ -132,6 +147,13 @@ def get_config(arg=None):
   config.model.unet = unet_model(arg.runlocal)
   config.model.unet.temporal.context_frames = arg.stage in ('video', 'interpolation')
   config.model.unet.temporal.regime_conditioning = arg.stage == 'interpolation'
+  config.model.temporal_decoder = dict(merge_strategy='learned_with_images', alpha=0.5,
+                                       kernel_size=(3, 1, 1), use_conv_out=True)
+  config.model.loss = dict(kl_weight=1e-6, disc_weight=0.5,
+                           disc_start=10 if arg.runlocal else 1000, disc_loss='hinge',
+                           perceptual_weight=0.0)
+  config.model.discriminator = dict(base_channels=16 if arg.runlocal else 64, num_layers=2,
+                                    norm='group', time_kernel=3)
   config.model.calibrate_latent_scale = True
   config.model.label_dropout = 0.1
   config.model.context_probs = (0.2, 0.4, 0.4)  # P(S = 0), P(S = 1), P(S = 2).

@@ -9,15 +9,12 @@ Writes the MP4 (and GIF with `--gif`) and `<out>_frames.png`, a contact sheet
 of every 4th frame, one row per video.
 """
 
-import time
-
 from absl import app
 from absl import flags
 from absl import logging
 
-from videoldm.pipelines import loading
+from videoldm.pipelines import generate
 from videoldm.pipelines import video_ldm
-from videoldm.pipelines import writer
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder with one workdir per stage.')
 _OUT = flags.DEFINE_string('out', 'video.mp4', 'Output MP4 path.')
@@ -35,22 +32,6 @@ _INTERPOLATION = flags.DEFINE_integer('interpolation_passes', 1, 'T -> 4T passes
 _UPSAMPLE = flags.DEFINE_bool('upsample', False, 'Apply the x4 video upsampler.')
 _WINDOW = flags.DEFINE_integer('window_frames', None, 'Frames per prediction window.')
 _GIF = flags.DEFINE_bool('gif', False, 'Also write a GIF next to the MP4.')
-
-
-class Progress:
-  """Logs frames done, elapsed time and ETA."""
-
-  def __init__(self, total: int, every: int = 4):
-    self.total, self.every, self.start = total, every, time.time()
-
-  def __call__(self, done: int) -> None:
-    if done % self.every and done != self.total:
-      return
-    elapsed = time.time() - self.start
-    eta = elapsed / done * (self.total - done) if done else float('nan')
-    logging.info('[%s%s] %d/%d frames, %.0fs elapsed, ETA %.0fs',
-                 '#' * (20 * done // self.total), '.' * (20 - 20 * done // self.total),
-                 done, self.total, elapsed, eta)
 
 
 def settings_from_flags() -> video_ldm.Settings:
@@ -72,25 +53,12 @@ def settings_from_flags() -> video_ldm.Settings:
       window_frames=_WINDOW.value)
 
 
-def generate(run_dir: str, settings: video_ldm.Settings, out: str, fps: float,
-             gif: bool = False) -> int:
-  """Loads the run's stages, streams the video into `out`; returns the frame count."""
-  models = loading.load_run(run_dir)
-  pipeline = video_ldm.VideoLDM(models, settings)
-  progress = Progress(settings.num_frames)
-  with writer.VideoWriter(out, fps, gif) as video:
-    for frame in pipeline.frames():
-      video.append(frame)
-      progress(video.count)
-  return video.count
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required.')
-  count = generate(_WORKDIR.value, settings_from_flags(), _OUT.value, _FPS.value, _GIF.value)
+  count = generate.generate(_WORKDIR.value, settings_from_flags(), _OUT.value, _FPS.value, _GIF.value)
   logging.info('Done: %d frames in %s.', count, _OUT.value)
 
 

@@ -132,16 +132,23 @@ class VideoLDM:
       self._compiled[name] = getattr(self, f'_{name}_fn')()
     return self._compiled[name]
 
-  def key_frame_latents(self, key: jax.Array, first_latent=None) -> Iterator[jax.Array]:
-    """Yields key-frame latents `(b, h, w, c)`, endlessly: image model, then windows."""
+  def key_frame_latents(self, key: jax.Array, given_latents=None) -> Iterator[jax.Array]:
+    """Yields key-frame latents `(b, h, w, c)`, endlessly.
+
+    The first window's context is the image model's sample, or `given_latents`
+    `(b, n, h, w, c)` (n = 1 or 2 frames the user gave), which are yielded
+    unchanged; later windows continue from the last 2 key frames.
+    """
     image_params = self.models['image'].params
     video_params = self.models['video'].params
     image_key, key = jax.random.split(key)
-    if first_latent is None:
-      first_latent = self.compiled('image')(image_params, self.labels, image_key)
-    b = first_latent.shape[0]
-    context = jnp.zeros((b, self.window) + first_latent.shape[1:]).at[:, 0].set(first_latent)
-    num_context = 1
+    if given_latents is None:
+      given_latents = self.compiled('image')(image_params, self.labels, image_key)[:, None]
+    b, num_context = given_latents.shape[:2]
+    if num_context not in (1, 2):
+      raise ValueError(f'Given {num_context} context frames; expected 1 or 2.')
+    context = jnp.zeros((b, self.window) + given_latents.shape[2:])
+    context = context.at[:, :num_context].set(given_latents)
     for window in itertools.count():
       mask = latent.leading_frames_mask(jnp.full((b,), num_context), self.window)
       logging.info('Key-frame window %d (%d context frames).', window, num_context)
@@ -151,6 +158,11 @@ class VideoLDM:
         yield z[:, i]
       context = jnp.zeros_like(context).at[:, :2].set(z[:, -2:])
       num_context = 2
+
+  def encode(self, frames: jax.Array) -> jax.Array:
+    """Given frames `(b, n, H, W, 3)` in [-1, 1] -> latents `(b, n, h, w, c)` (posterior mean)."""
+    image = self.models['image']
+    return latent.encode_video(image.stage.autoencoder, image.params, frames, None)
 
   # ---------------------------------------------------------- interpolation
   def _interpolate_fn(self):
@@ -228,21 +240,23 @@ class VideoLDM:
 
   # ------------------------------------------------------ decode / upsample
   def _decode_fn(self):
-    if 'decoder' in self.models:
-      stage = self.models['decoder'].stage
-      return jax.jit(lambda params, z: stage.decode_video(params, z))
-    stage = self.models['image'].stage
-    return jax.jit(lambda params, z: latent.decode_latents(stage.autoencoder, params, z))
+    image_stage = self.models['image'].stage
+    decoder = self.models.get('decoder')
+
+    def decode(params, latent_scale, z):  # z: (b, n, h, w, c) scaled latents.
+      if decoder is None:
+        ae_params = dict(autoencoder=params['autoencoder'], latent_scale=latent_scale)
+        return latent.decode_latents(image_stage.autoencoder, ae_params, z)
+      return decoder.stage.decode_video(params['autoencoder'],
+                                        latent.frames_of(z / latent_scale), z.shape[1])
+    return jax.jit(decode)
 
   def decode(self, latents: Iterator[jax.Array]) -> Iterator[jax.Array]:
+    """Latents -> frames: the temporal decoder over overlapping chunks, else frame-wise."""
+    image_params = self.models['image'].params
     model = self.models.get('decoder') or self.models['image']
-    if 'decoder' in self.models:
-      params = model.params
-    else:
-      params = dict(autoencoder=model.params['autoencoder'],
-                    latent_scale=model.params['latent_scale'])
     overlap = self.settings.decode_overlap if 'decoder' in self.models else 0
-    fn = lambda z: self.compiled('decode')(params, z)
+    fn = lambda z: self.compiled('decode')(model.params, image_params['latent_scale'], z)
     return streams.chunked_overlap(latents, self.settings.decode_chunk, overlap, fn)
 
   def _upsample_fn(self):
@@ -257,12 +271,12 @@ class VideoLDM:
     return streams.chunked(frames, self.settings.upsample_window, fn)
 
   # ------------------------------------------------------------------ all
-  def latents(self, key: jax.Array) -> Iterator[jax.Array]:
+  def latents(self, key: jax.Array, given_latents=None) -> Iterator[jax.Array]:
     """Dense latents after interpolation, exactly as many as the final video needs."""
     s = self.settings
     key_key, interp_key = jax.random.split(key)
     n_keys = num_key_frames(s)
-    stream = itertools.islice(self.key_frame_latents(key_key), n_keys)
+    stream = itertools.islice(self.key_frame_latents(key_key, given_latents), n_keys)
     count = n_keys
     regimes = (0, 1)[2 - s.interpolation_passes:] if s.interpolation_passes else ()
     for index, regime in enumerate(regimes):
@@ -270,11 +284,15 @@ class VideoLDM:
       count = (count - 1) * interpolation_stage.UPSAMPLING + 1
     return itertools.islice(stream, s.num_frames)
 
-  def frames(self) -> Iterator[jax.Array]:
-    """Final frames `(b, H, W, 3)` in [-1, 1], streamed in order."""
+  def frames(self, given_frames=None) -> Iterator[jax.Array]:
+    """Final frames `(b, H, W, 3)` in [-1, 1], streamed in order.
+
+    `given_frames` `(b, n, H, W, 3)`, n in {1, 2}: the video starts with them.
+    """
     key = jax.random.key(self.settings.seed)
     latent_key, upsample_key = jax.random.split(key)
-    frames = self.decode(self.latents(latent_key))
+    given_latents = None if given_frames is None else self.encode(given_frames)
+    frames = self.decode(self.latents(latent_key, given_latents))
     if self.settings.upsample:
       frames = self.upsample(frames, upsample_key)
     for frame in frames:

@@ -93,7 +93,7 @@ def _flat(tree: Any) -> dict[str, Any]:
   return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
 
 
-def _read_state_params(state_dir: str, use_ema: bool) -> dict[str, np.ndarray]:
+def read_state_params(state_dir: str, use_ema: bool) -> dict[str, np.ndarray]:
   """Flat params (EMA leaves overlaid when asked) from a checkpoint's `state` item as numpy."""
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(state_dir).item_metadata.tree
@@ -112,7 +112,7 @@ def _read_state_params(state_dir: str, use_ema: bool) -> dict[str, np.ndarray]:
   return flat
 
 
-def _latest_step_dir(directory: str) -> str:
+def latest_step_dir(directory: str) -> str:
   """`directory` is a workdir, its checkpoints/ dir, or one step dir; returns a step dir."""
   for candidate in (checkpoint_dir(directory), directory):
     if os.path.isdir(os.path.join(candidate, 'state')):
@@ -133,8 +133,8 @@ def read_source_params(init_config) -> tuple[str, dict[str, np.ndarray]]:
     raise FileNotFoundError(f'init_from location {location!r} does not exist.')
   use_ema = bool(init_config.get('use_ema', False))
   if os.path.isdir(location):
-    step_dir = _latest_step_dir(location)
-    return step_dir, _read_state_params(os.path.join(step_dir, 'state'), use_ema)
+    step_dir = latest_step_dir(location)
+    return step_dir, read_state_params(os.path.join(step_dir, 'state'), use_ema)
   if location.endswith('.safetensors'):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     return location, dict(load_file(location))
@@ -146,13 +146,17 @@ def read_source_params(init_config) -> tuple[str, dict[str, np.ndarray]]:
 
 
 def merge_init_params(target: Any, source: dict[str, np.ndarray], exempt=(),
-                      description: str = 'source') -> tuple[Any, list[str]]:
+                      description: str = 'source', ignore=()) -> tuple[Any, list[str]]:
   """Copies `source` leaves into `target` with a strict name and shape check.
 
-  Params matching an `exempt` regex may be absent (they keep their init) or
-  unused. Returns the new tree (numpy for loaded leaves) and the exempt paths
-  that kept their init.
+  Source params matching an `ignore` regex are dropped first (e.g. a previous
+  stage's discriminator). Target params matching an `exempt` regex may be
+  absent from the source (they keep their init). Returns the new tree (numpy
+  for loaded leaves) and the exempt paths that kept their init.
   """
+  ignored = [re.compile(pattern) for pattern in ignore or ()]
+  source = {path: value for path, value in source.items()
+            if not any(regex.search(path) for regex in ignored)}
   regexes = [re.compile(pattern) for pattern in exempt or ()]
   is_exempt = lambda path: any(regex.search(path) for regex in regexes)
   flat_target = _flat(target)
@@ -186,7 +190,7 @@ def load_init_params(init_config, target: Any) -> Any:
   """`target` with every non-exempt leaf replaced by the one from `init_config`'s source."""
   description, source = read_source_params(init_config)
   params, kept_init = merge_init_params(target, source, init_config.get('exempt') or (),
-                                        description)
+                                        description, init_config.get('ignore') or ())
   logging.info('Initialised params from %s; %d exempt params keep their init: %s',
                description, len(kept_init), kept_init)
   return params

@@ -11,7 +11,7 @@ Config fields read here (configs/ set them; optional ones have the default shown
                             grad_clip (global norm; 0/None: off). AdamW.
   ema_decay = None          EMA decay of the trainable params; None disables EMA.
   trainable = None          regex over '/'-joined param paths; None or '.*' = all.
-  init_from = None          ConfigDict(workdir= or path=, exempt=[regex...], use_ema=bool).
+  init_from = None          ConfigDict(workdir= or path=, exempt=[regex...], ignore=[regex...], use_ema=bool).
   mesh                      data = -1, fsdp = 1 (-1: remaining devices).
   sharding.rules = []       [(logical_name, 'data'|'fsdp'|None), ...], e.g. [('mlp', 'fsdp')].
   checkpoint                every_steps (None: only at the end), keep = 3, async_save = True.
@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from videoldm import distributed
 from videoldm.data import pipeline
 from videoldm.train import checkpointing
 from videoldm.train import sharding as sharding_lib
@@ -191,17 +192,9 @@ def create_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """`jax.distributed.initialize()` when `config.multiprocess`; a failure stops the run."""
-  if not config.get('multiprocess'):
-    return
-  try:
-    jax.distributed.initialize()
-  except Exception as error:  # The run cannot continue without its peers.
-    raise RuntimeError(f'jax.distributed.initialize() failed ({type(error).__name__}: {error}); '
-                       'config.multiprocess=True needs the launcher\'s coordinator settings.'
-                       ) from error
-  logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  """`videoldm.distributed.initialize()` when `config.multiprocess`; a failure stops the run."""
+  if config.get('multiprocess'):
+    distributed.initialize()
 
 
 def check_batch_size(batch_size: int, num_devices: int) -> None:

@@ -1,0 +1,123 @@
+"""The sampling stack: frame counts, kept frames, compile-once windows, MP4 output."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from videoldm import config_utils
+from videoldm.pipelines import streams
+from videoldm.pipelines import video_ldm
+from videoldm.pipelines import writer
+from videoldm.train import stages
+
+CONFIG = 'configs/moving_digits.py'
+
+
+def random_params(stage, batch, seed=0):
+  """Random params shaped like `stage.init_params` without compiling the init."""
+  shapes = jax.eval_shape(stage.init_params, jax.random.key(0), batch)
+  leaves, treedef = jax.tree.flatten(shapes)
+  rng = np.random.default_rng(seed)
+  values = [jnp.asarray(rng.normal(0, 0.05, leaf.shape), leaf.dtype) for leaf in leaves]
+  params = jax.tree.unflatten(treedef, values)
+  if 'latent_scale' in params:
+    params['latent_scale'] = jnp.ones(())
+  return params
+
+
+def load_stage(name, **overrides):
+  config = config_utils.load_config(f'{CONFIG}:stage={name},runlocal')
+  config = config_utils.override(config, **{'sampling.num_steps': 2, **overrides})
+  stage = stages.get_stage(name)(config)
+  frames, size = config.data.num_frames, config.data.image_size
+  batch = dict(video=jnp.zeros((1, frames, size, size, 3)),
+               labels=jnp.zeros((1, 2), jnp.int32))
+  return video_ldm.Model(stage, random_params(stage, batch, seed=len(name)))
+
+
+@pytest.fixture(scope='module')
+def models():
+  return {name: load_stage(name) for name in ('image', 'video', 'interpolation')}
+
+
+def make_pipeline(models, **settings):
+  return video_ldm.VideoLDM(models, video_ldm.Settings(labels=(3, 7), **settings))
+
+
+@pytest.mark.parametrize('passes, num_frames, keys', [(0, 5, 5), (1, 9, 3), (2, 17, 2)])
+def test_frame_counts_and_kept_key_frames(models, passes, num_frames, keys):
+  pipeline = make_pipeline(models, num_frames=num_frames, interpolation_passes=passes)
+  assert video_ldm.num_key_frames(pipeline.settings) == keys
+  key = jax.random.key(0)
+  dense = list(pipeline.latents(key))
+  assert len(dense) == num_frames
+  key_key, _ = jax.random.split(key)
+  key_frames = list(itertools.islice(pipeline.key_frame_latents(key_key), keys))
+  stride = 4 ** passes
+  for i, frame in enumerate(key_frames):  # T -> 4T -> 16T keeps every key frame exactly.
+    np.testing.assert_array_equal(dense[i * stride], frame)
+
+
+def test_long_video_has_requested_frames_and_compiles_each_window_once(models):
+  window = models['video'].stage.config.data.num_frames
+  num_frames = window + 2 * (window - 2)  # Exactly three prediction windows.
+  pipeline = make_pipeline(models, num_frames=num_frames, interpolation_passes=0)
+  frames = list(pipeline.frames())
+  assert len(frames) == num_frames
+  size = models['image'].stage.config.data.image_size
+  assert frames[0].shape == (2, size, size, 3)
+  predict = pipeline.compiled('predict')
+  assert predict._cache_size() == 1  # pylint: disable=protected-access
+  assert pipeline.compiled('decode')._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_given_context_frames_appear_unchanged(models):
+  pipeline = make_pipeline(models, num_frames=6, interpolation_passes=0)
+  rng = np.random.default_rng(0)
+  size = models['image'].stage.config.data.image_size
+  given = jnp.asarray(rng.uniform(-1, 1, (2, 2, size, size, 3)), jnp.float32)
+  frames = list(pipeline.frames(given_frames=given))
+  image = models['image']
+  round_trip = jnp.clip(stages.latent.decode_latents(
+      image.stage.autoencoder, image.params, pipeline.encode(given)), -1, 1)
+  for i in range(2):
+    np.testing.assert_allclose(frames[i], round_trip[:, i], atol=1e-5)
+
+
+def test_bad_settings_are_named(models):
+  with pytest.raises(ValueError, match='interpolation_passes=3'):
+    make_pipeline(models, num_frames=5, interpolation_passes=3)
+  with pytest.raises(ValueError, match="'upsampler' stage"):
+    make_pipeline(models, num_frames=5, upsample=True)
+  pipeline = make_pipeline(models, num_frames=5)
+  with pytest.raises(ValueError, match='Given 3 context frames'):
+    next(pipeline.key_frame_latents(jax.random.key(0), jnp.zeros((2, 3, 8, 8, 4))))
+
+
+def test_overlapping_chunks_join_without_seams():
+  """A 3-tap temporal filter applied in chunks with overlap 1 equals applying it once."""
+  frames = [jnp.full((1, 2), float(i * i)) for i in range(11)]
+
+  def smooth(x):  # (b, n, 2): mean of each frame and its neighbours (edges repeated).
+    padded = jnp.concatenate([x[:, :1], x, x[:, -1:]], axis=1)
+    return (padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]) / 3
+
+  whole = smooth(jnp.stack(frames, axis=1))
+  chunked = list(streams.chunked_overlap(iter(frames), 4, 1, smooth))
+  assert len(chunked) == len(frames)
+  np.testing.assert_allclose(jnp.stack(chunked, axis=1), whole, rtol=1e-6)
+
+
+def test_mp4_decodes_to_expected_frames_and_size(tmp_path):
+  rng = np.random.default_rng(0)
+  frames = [rng.uniform(-1, 1, (2, 16, 24, 3)).astype(np.float32) for _ in range(7)]
+  path = str(tmp_path / 'clip.mp4')
+  assert writer.write_all(iter(frames), path, fps=8, gif=True) == 7
+  video = writer.read_video(path)
+  assert video.shape == (7, 16, 48, 3)  # Two videos side by side.
+  assert (tmp_path / 'clip.gif').exists() and (tmp_path / 'clip_frames.png').exists()
+  with pytest.raises(ValueError, match="'clip.avi' must end in .mp4"):
+    writer.VideoWriter('clip.avi', fps=8)
