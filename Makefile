@@ -6,15 +6,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
-$(VENV)/.installed: setup.py
+WORKDIR ?= /tmp/videoldm_quickstart
+
+$(VENV)/.core: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.core
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
 
+quickstart: $(VENV)/.core
+	$(PY) -m videoldm.quickstart --workdir=$(WORKDIR)
+
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
-.PHONY: install test
+.PHONY: install quickstart test
