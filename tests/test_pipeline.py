@@ -97,3 +97,12 @@ def test_mp4_decodes_to_expected_frames_and_size(tmp_path):
   assert (tmp_path / 'clip.gif').exists() and (tmp_path / 'clip_frames.png').exists()
   with pytest.raises(ValueError, match="'clip.avi' must end in .mp4"):
     writer.VideoWriter('clip.avi', fps=8)
+
+
+def test_sampling_settings_reach_every_stage(models):
+  pipeline = make_pipeline(models, num_frames=5, steps=1, guidance=4.0, context_guidance=2.5,
+                           eta=0.5)
+  for name in ('image', 'video', 'interpolation'):
+    sampling = pipeline.models[name].stage.config.sampling
+    assert (sampling.num_steps, sampling.guidance_scale, sampling.context_guidance,
+            sampling.eta) == (1, 4.0, 2.5, 0.5), name

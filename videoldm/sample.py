@@ -4,7 +4,14 @@ r"""Samples a video from a trained Video LDM run.
       --num_frames=61 --labels=3,7 --out=/tmp/digits.mp4 --gif
 
 `--workdir` is a run folder with one workdir per stage (`image`, `video`,
-`interpolation`, `decoder`, `upsampler`, as the quickstart writes them).
+`interpolation`, `decoder`, `upsampler`, as the quickstart writes them), or a
+`python -m videoldm.export --format=safetensors` folder. Text-to-video runs
+(`configs/sd_video.py`) take `--text="a prompt"` (repeat for more videos) in
+place of `--labels`; `--spatial_from=<SD folder or checkpoint>` puts the
+trained temporal layers on another image backbone (e.g. DreamBooth):
+
+  python -m videoldm.sample --workdir=/tmp/sd_export --text="a sks dog running" \
+      --interpolation_passes=0 --spatial_from=/models/sd15_dreambooth
 Writes the MP4 (and GIF with `--gif`) and `<out>_frames.png`, a contact sheet
 of every 4th frame, one row per video.
 """
@@ -23,7 +30,10 @@ _SECONDS = flags.DEFINE_float('seconds', None, 'Length in seconds (num_frames = 
 _FPS = flags.DEFINE_float('fps', 8.0, 'Frame rate of the written video.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 _LABELS = flags.DEFINE_list('labels', ['3'], 'Class labels, one video per label.')
-_TEXT = flags.DEFINE_string('text', None, 'Text prompt (text-conditioned models only).')
+_TEXT = flags.DEFINE_multi_string('text', None, 'Text prompt (text-conditioned models); '
+                                   'repeat for several videos.')
+_SPATIAL_FROM = flags.DEFINE_string('spatial_from', None, 'SD folder or checkpoint whose spatial '
+                                    'layers replace the run\'s (temporal transfer).')
 _GUIDANCE = flags.DEFINE_float('guidance', None, 'Classifier-free guidance scale.')
 _CONTEXT_GUIDANCE = flags.DEFINE_float('context_guidance', None, 'Context guidance scale (Eq. 4).')
 _STEPS = flags.DEFINE_integer('steps', None, 'DDIM steps per window.')
@@ -43,10 +53,9 @@ def settings_from_flags() -> video_ldm.Settings:
     labels = tuple(int(label) for label in _LABELS.value)
   except ValueError:
     raise ValueError(f'--labels={",".join(_LABELS.value)} must be integers.') from None
-  if _TEXT.value is not None:
-    raise ValueError('--text needs a text-conditioned model; this run is class-conditional '
-                     '(use --labels).')
+  prompts = tuple(_TEXT.value or ())
   return video_ldm.Settings(
+      prompts=prompts,
       num_frames=num_frames, labels=labels, seed=_SEED.value, guidance=_GUIDANCE.value,
       context_guidance=_CONTEXT_GUIDANCE.value, steps=_STEPS.value, eta=_ETA.value,
       interpolation_passes=_INTERPOLATION.value, upsample=_UPSAMPLE.value,
@@ -58,7 +67,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required.')
-  count = generate.generate(_WORKDIR.value, settings_from_flags(), _OUT.value, _FPS.value, _GIF.value)
+  count = generate.generate(_WORKDIR.value, settings_from_flags(), _OUT.value, _FPS.value,
+                            _GIF.value, spatial_from=_SPATIAL_FROM.value)
   logging.info('Done: %d frames in %s.', count, _OUT.value)
 
 

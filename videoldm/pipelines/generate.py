@@ -26,9 +26,23 @@ class Progress:
 
 
 def generate(run_dir: str, settings: video_ldm.Settings, out: str, fps: float,
-             gif: bool = False) -> int:
-  """Loads the run's stages, streams the video into `out`; returns the frame count."""
-  models = loading.load_run(run_dir)
+             gif: bool = False, spatial_from: str | None = None) -> int:
+  """Loads the run's stages, streams the video into `out`; returns the frame count.
+
+  Text prompts need only the (text) video stage. `spatial_from` (an SD folder,
+  export folder, workdir or params file) replaces the spatial params of the
+  image and video stages, keeping the trained temporal layers (paper Sec. 4.2.1).
+  """
+  required = ('video',) if settings.prompts else ('image', 'video')
+  models = loading.load_run(run_dir, required=required)
+  if spatial_from:
+    from videoldm.convert import temporal_transfer  # pylint: disable=g-import-not-at-top
+    from videoldm.pipelines import exported  # pylint: disable=g-import-not-at-top
+    spatial = exported.read_spatial_params(spatial_from)
+    for name in ('image', 'video'):
+      if name in models:
+        models[name] = video_ldm.Model(
+            models[name].stage, temporal_transfer.transfer_temporal(models[name].params, spatial))
   pipeline = video_ldm.VideoLDM(models, settings)
   progress = Progress(settings.num_frames)
   with writer.VideoWriter(out, fps, gif) as video:

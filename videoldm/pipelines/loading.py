@@ -44,6 +44,9 @@ def load_run(run_dir: str, names=SAMPLING_STAGES, required=('image', 'video')) -
   """`{stage name: Model}` for the stages of `run_dir` that exist (required ones must)."""
   if not os.path.isdir(run_dir):
     raise FileNotFoundError(f'Run directory {run_dir!r} does not exist.')
+  from videoldm.pipelines import exported  # pylint: disable=g-import-not-at-top
+  if exported.is_exported(run_dir):  # A `videoldm.export --format=safetensors` folder.
+    return exported.load_exported(run_dir, names, required)
   models = {}
   for name in names:
     workdir = os.path.join(run_dir, name)

@@ -49,6 +49,7 @@ class Settings:
   decode_overlap: int = 2
   upsample_window: int = 8
   interpolation_batch: int = 4  # Key-frame windows interpolated per compiled call.
+  prompts: tuple[str, ...] = ()  # Text prompts (text stages), one video each; replaces labels.
 
 
 @dataclasses.dataclass
@@ -63,8 +64,13 @@ def with_sampling(stage_cls, config, settings: Settings):
   overrides = {'sampling.num_steps': settings.steps, 'sampling.eta': settings.eta,
                'sampling.guidance_scale': settings.guidance,
                'sampling.context_guidance': settings.context_guidance}
-  overrides = {k: v for k, v in overrides.items() if v is not None}
-  return stage_cls(config_utils.override(config, **overrides))
+  overrides = {k: v for k, v in overrides.items() if v is not None and k in _sampling_keys(config)}
+  return stage_cls(config_utils.override(config, **overrides)) if overrides else stage_cls(config)
+
+
+def _sampling_keys(config) -> set[str]:
+  sampling = config.get('sampling') or {}
+  return {f'sampling.{name}' for name in sampling}
 
 
 def num_key_frames(settings: Settings) -> int:
@@ -76,6 +82,15 @@ class VideoLDM:
   """Generates videos from trained stages: `frames()` yields `(b, H, W, 3)` in [-1, 1]."""
 
   def __init__(self, models: dict[str, Model], settings: Settings):
+    # Text mode: the text video stage samples the first window itself and its
+    # autoencoder stands in for the image stage's.
+    self.text_mode = bool(settings.prompts)
+    if 'video' in models and self.text_mode != hasattr(models['video'].stage, 'sample_window'):
+      raise ValueError(f'The video stage {models["video"].stage.config.stage!r} is '
+                       f'{"not " if self.text_mode else ""}text-conditioned; expected '
+                       f'{"labels, not text prompts" if self.text_mode else "text prompts"}.')
+    if self.text_mode and 'video' in models:
+      models = {'image': models['video'], **models}
     for name in ('image', 'video'):
       if name not in models:
         raise ValueError(f'The pipeline needs the {name!r} stage; got {sorted(models)}.')
@@ -88,9 +103,12 @@ class VideoLDM:
       raise ValueError(f'num_frames={settings.num_frames} must be >= 1.')
     if settings.interpolation_passes not in (0, 1, 2):
       raise ValueError(f'interpolation_passes={settings.interpolation_passes} must be 0, 1 or 2.')
-    self.models = models
+    self.models = {name: Model(with_sampling(type(model.stage), model.stage.config, settings),
+                               model.params) for name, model in models.items()}
     self.settings = settings
     self.labels = jnp.asarray(settings.labels, jnp.int32)
+    if self.text_mode:  # Token ids (b, n) stand in for the labels.
+      self.labels = jnp.asarray(models['video'].stage.tokenize_fn(settings.prompts), jnp.int32)
     video_config = models['video'].stage.config
     self.window = settings.window_frames or video_config.data.num_frames
     if self.window < 3:
@@ -99,6 +117,10 @@ class VideoLDM:
 
   # ------------------------------------------------------------- key frames
   def latent_shape(self) -> tuple[int, ...]:
+    if self.text_mode:
+      stage = self.models['video'].stage
+      h, w = self.settings.latent_size or stage.latent_size()
+      return (self.labels.shape[0], h, w, stage.autoencoder.config.latent_channels)
     image = self.models['image'].stage
     ae = image.autoencoder.config
     factor = 2 ** (len(ae.block_out_channels) - 1)
@@ -120,6 +142,8 @@ class VideoLDM:
 
   def _predict_fn(self):
     stage = self.models['video'].stage
+    if self.text_mode:
+      return jax.jit(stage.sample_window)
 
     def predict(params, context_latents, mask, labels, key):
       return video_stage.sample_with_context(stage.config, stage.schedule, stage.apply_unet,
@@ -142,10 +166,12 @@ class VideoLDM:
     image_params = self.models['image'].params
     video_params = self.models['video'].params
     image_key, key = jax.random.split(key)
-    if given_latents is None:
+    if given_latents is None and self.text_mode:  # The first window is plain text-to-video.
+      given_latents = jnp.zeros((self.labels.shape[0], 0) + self.latent_shape()[1:])
+    elif given_latents is None:
       given_latents = self.compiled('image')(image_params, self.labels, image_key)[:, None]
     b, num_context = given_latents.shape[:2]
-    if num_context not in (1, 2):
+    if num_context not in ((0, 1, 2) if self.text_mode else (1, 2)):
       raise ValueError(f'Given {num_context} context frames; expected 1 or 2.')
     context = jnp.zeros((b, self.window) + given_latents.shape[2:])
     context = context.at[:, :num_context].set(given_latents)

@@ -19,6 +19,7 @@ Config fields read here (configs/ set them; optional ones have the default shown
   eval_every = 0            steps between eval-loss runs on the test split (0: never).
   eval_steps = 1            batches per eval.
   sample_every = 0          steps between sample GIFs from `stage.sample` (0: never).
+  metrics_every = 0         steps between digit metrics of `stage.sample` (evaluation/hook.py).
   max_consecutive_nonfinite = 10   non-finite losses in a row that stop the run.
   multiprocess = False      call `jax.distributed.initialize()` first.
   data                      the data ConfigDict (passed to `make_dataset`).
@@ -47,6 +48,7 @@ import optax
 
 from videoldm import distributed
 from videoldm.data import pipeline
+from videoldm.evaluation import hook
 from videoldm.train import checkpointing
 from videoldm.train import sharding as sharding_lib
 from videoldm.train import state as state_lib
@@ -259,6 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer = writers.create_writer(workdir)
   log_every = config.get('log_every') or 50
   eval_every, sample_every = config.get('eval_every') or 0, config.get('sample_every') or 0
+  metrics_every = config.get('metrics_every') or 0
   checkpoint_config = config.get('checkpoint') or ml_collections.ConfigDict()
   save_every = checkpoint_config.get('every_steps') or config.total_steps
   max_nonfinite = config.get('max_consecutive_nonfinite') or 10
@@ -271,9 +274,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --------------------------------------------------------------------- data
   data_kwargs = dict(seed=config.seed, process_index=jax.process_index(),
                      process_count=jax.process_count())
+  if getattr(stage, 'tokenize_fn', None) is not None:  # Text stages: captions as token ids.
+    data_kwargs['tokenize_fn'] = stage.tokenize_fn
   train_iter = dataset_fn(config.data, 'train', config.batch_size, shuffle=True, **data_kwargs)
   eval_iter = eval_start = None
-  if eval_every or sample_every:
+  if eval_every or sample_every or metrics_every:
     eval_iter = dataset_fn(config.data, 'test', config.batch_size, shuffle=False, **data_kwargs)
     eval_start = eval_iter.get_state()
 
@@ -315,11 +320,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         totals[name] = totals.get(name, 0.0) + float(value)
     writer.write_scalars(step, {f'eval/{k}': v / (i + 1) for k, v in totals.items()})
 
-  def run_sample(step: int) -> None:
+  def run_sample(step: int, write_videos: bool = True) -> None:
     eval_iter.set_state(eval_start)
     batch = pipeline.global_batch_to_device(next(eval_iter), batch_sharding)
     videos = jax.device_get(sample(eval_params(state, labels), batch, sample_key))
-    writers.write_samples(workdir, writer, step, videos)
+    if write_videos:
+      writers.write_samples(workdir, writer, step, videos)
+    if metrics_every and (step % metrics_every == 0 or step == config.total_steps):
+      metrics_hook(step, videos, writer)
+  metrics_hook = hook.MetricsHook(config, workdir) if metrics_every else None
 
   # --------------------------------------------------------------------- loop
   step = int(jax.device_get(state.step))
@@ -354,9 +363,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if eval_every and (step % eval_every == 0 or step == config.total_steps):
           with report_progress.timed('eval'):
             run_eval(step)
-        if sample_every and (step % sample_every == 0 or step == config.total_steps):
+        sample_now = sample_every and (step % sample_every == 0 or step == config.total_steps)
+        if sample_now or (metrics_every and (step % metrics_every == 0 or
+                                             step == config.total_steps)):
           with report_progress.timed('sample'):
-            run_sample(step)
+            run_sample(step, write_videos=bool(sample_now))
 
         stop = stop_signal.should_stop()
         if step % save_every == 0 or step == config.total_steps or stop:

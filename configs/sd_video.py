@@ -1,0 +1,129 @@
+r"""Stable Diffusion -> text-to-video LDM (paper Sec. 4.2): temporal layers only.
+
+The spatial layers (U-Net, VAE, CLIP text encoder, tokenizer) come from an SD
+1.x / 2.x pipeline folder on disk and stay frozen; temporal layers (conv3d +
+temporal attention that also cross-attends to the text) are trained at 320x512
+on captioned video (`video_folder`, or any TFDS video dataset with captions).
+The model is also a prediction model (S in {0, 1, 2} context frames), so the
+sampling stack extends videos window by window.
+
+Launch (convert the SD weights once, then train):
+
+  python -m videoldm.convert.temporal_transfer --sd_path=/models/sd15 \
+    --out=/models/sd15/videoldm_params.safetensors
+  python -m videoldm.main \
+    --config=configs/sd_video.py:sd_path=/models/sd15,video_dir=/data/webvid \
+    --workdir=/tmp/videoldm/sd_video
+  python -m videoldm.sample --workdir=<run with video/ = the workdir above> \
+    --text="a bear walking in the snow" --interpolation_passes=0
+
+`runlocal` shrinks everything to a CPU minute on the tiny random SD folder
+that `videoldm.convert.tiny_sd.write_tiny_sd` writes (`sd_path=` it) and the
+captioned `moving_digits` tiny dataset. `init_path` overrides where the
+converted SD params are read from (default: `<sd_path>/videoldm_params.safetensors`).
+"""
+
+import dataclasses
+import os
+
+import ml_collections
+
+from videoldm import config_utils
+from videoldm.convert import diffusers as diffusers_convert
+from videoldm.convert import loaders
+from videoldm.data import pipeline
+from videoldm.models import autoencoder as autoencoder_lib
+from videoldm.models import text as text_lib
+from videoldm.models import unet as unet_lib
+from videoldm.models import video_unet
+
+TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
+
+
+def backbone_configs(sd_path: str, sd_version: str) -> tuple:
+  """(unet, autoencoder, text encoder) ConfigDicts, from `sd_path` when it exists."""
+  if sd_path and os.path.isdir(sd_path):
+    unet = diffusers_convert.unet_config_from_diffusers(
+        loaders.read_config(os.path.join(sd_path, 'unet')))
+    ae = autoencoder_lib.autoencoder_config_from_diffusers(
+        loaders.read_config(os.path.join(sd_path, 'vae')))
+    text = text_lib.clip_text_config_from_transformers(
+        loaders.read_config(os.path.join(sd_path, 'text_encoder')))
+  else:  # The published layouts, so the config can be inspected before download.
+    unet = unet_lib.unet_config(sd_version)
+    ae = autoencoder_lib.AutoencoderConfig()
+    text = text_lib.clip_text_config(sd_version)
+  return (unet, ml_collections.ConfigDict(dataclasses.asdict(ae)),
+          ml_collections.ConfigDict(dataclasses.asdict(text)))
+
+
+def get_config(arg=None):
+  """`arg`: sd_path=<folder>, sd_version=sd15|sd21, video_dir=<folder>, init_path=, runlocal."""
+  arg = config_utils.parse_arg(arg, sd_path='', sd_version='sd15', video_dir='',
+                               init_path='', runlocal=False)
+  if arg.sd_version not in ('sd15', 'sd21'):
+    raise ValueError(f"sd_version={arg.sd_version!r} is not 'sd15' or 'sd21'.")
+  runlocal = arg.runlocal
+  config = ml_collections.ConfigDict()
+  config.stage = 'text_video'
+  config.seed = 0
+  config.total_steps = 3 if runlocal else 100_000
+  config.batch_size = 2 if runlocal else 64
+  config.optimizer = dict(lr=1e-4, warmup_steps=1 if runlocal else 1000, decay_steps=None,
+                          b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0)
+  config.ema_decay = 0.9 if runlocal else 0.9999
+  config.trainable = r'^unet/.*' + TEMPORAL
+  config.init_from = dict(
+      workdir='', path=arg.init_path or (os.path.join(arg.sd_path, 'videoldm_params.safetensors')
+                                         if arg.sd_path else ''),
+      exempt=[TEMPORAL], use_ema=False)
+
+  config.mesh = dict(data=-1, fsdp=1)
+  config.sharding = dict(rules=[('mlp', 'fsdp'), ('embed', None)])
+  config.checkpoint = dict(every_steps=None if runlocal else 2000, keep=3, async_save=True)
+  config.log_every = 1 if runlocal else 50
+  config.eval_every = 0 if runlocal else 2000
+  config.eval_steps = 1
+  config.sample_every = 0 if runlocal else 5000
+  config.max_consecutive_nonfinite = 10
+  config.multiprocess = False
+
+  config.data = pipeline.default_data_config()
+  if runlocal:
+    config.data.builder_config = 'tiny'
+    config.data.num_frames, config.data.image_size = 4, 32
+  else:
+    config.data.name = 'video_folder'
+    config.data.builder_config = ''
+    config.data.builder_kwargs = dict(video_dir=arg.video_dir, image_size=512, num_frames=32)
+    config.data.num_frames, config.data.frame_stride, config.data.image_size = 16, 2, 512
+    config.data.num_workers = 8
+
+  unet, autoencoder, text_encoder = backbone_configs(arg.sd_path, arg.sd_version)
+  unet.temporal = video_unet.temporal_config()
+  unet.temporal.text_context = True
+  unet.temporal.context_frames = True
+  unet.temporal.conv_kernel_size = (3, 3, 3) if runlocal else (3, 1, 1)
+  unet.dtype = 'float32' if runlocal else 'bfloat16'
+  config.diffusion = dict(schedule='scaled_linear', num_train_steps=1000, beta_start=0.00085,
+                          beta_end=0.012, prediction_type=unet.prediction_type,
+                          loss_weighting='none', min_snr_gamma=5.0)
+  config.sampling = dict(num_steps=2 if runlocal else 50, eta=0.0, timestep_spacing='trailing',
+                         steps_offset=0, set_alpha_to_one=True, guidance_scale=7.5,
+                         context_guidance=1.5, num_context=1)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.sd_path = arg.sd_path
+  config.model.tokenizer_path = os.path.join(arg.sd_path, 'tokenizer') if arg.sd_path else ''
+  config.model.unet = unet
+  config.model.autoencoder = autoencoder
+  config.model.text_encoder = text_encoder
+  config.model.text_output = 'last'  # CLIP context: 'last' or 'penultimate' hidden states.
+  config.model.frame_size = (16, 32) if runlocal else (320, 512)  # (h, w) centre crop.
+  config.model.caption_dropout = 0.1
+  config.model.context_probs = (0.5, 0.25, 0.25)  # P(S = 0), P(S = 1), P(S = 2).
+  config.model.calibrate_latent_scale = False  # SD's scaling_factor is kept.
+  config.model.remat = '' if runlocal else 'blocks'  # '' or 'blocks'.
+  config.model.remat_policy = 'nothing_saveable'
+  config.model.decode_chunk = 2 if runlocal else 8  # Frames per VAE decoder call.
+  return config

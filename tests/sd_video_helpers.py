@@ -1,0 +1,48 @@
+"""One tiny SD folder and one short `configs/sd_video.py:runlocal` run per test session.
+
+`tiny_run()` writes the tiny random SD pipeline folder, converts it into the
+`init_from` params file, and trains the text-to-video temporal layers for a
+few steps on captioned `moving_digits` (in a private TFDS data_dir); the
+result is cached, so test_sd_video.py and test_export.py share it.
+"""
+
+import atexit
+import dataclasses
+import functools
+import os
+import shutil
+import tempfile
+
+from videoldm import config_utils
+from videoldm.convert import temporal_transfer
+from videoldm.convert import tiny_sd
+from videoldm.train import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+  root: str
+  sd_path: str
+  run_dir: str  # A run folder: `<run_dir>/video` is the text_video workdir.
+  config: object
+
+
+def tiny_config(sd_path: str, data_dir: str, **overrides):
+  config = config_utils.load_config(
+      os.path.join(REPO, 'configs', f'sd_video.py:runlocal,sd_path={sd_path}'))
+  return config_utils.override(config, **{'data.data_dir': data_dir, **overrides})
+
+
+@functools.cache
+def tiny_run() -> TinyRun:
+  root = tempfile.mkdtemp(prefix='sd_video_')
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
+  sd_path = tiny_sd.write_tiny_sd(os.path.join(root, 'sd'))
+  temporal_transfer.convert_sd_pipeline(
+      sd_path, os.path.join(sd_path, 'videoldm_params.safetensors'))
+  config = tiny_config(sd_path, os.path.join(root, 'tfds'))
+  run_dir = os.path.join(root, 'run')
+  trainer.train_and_evaluate(config, os.path.join(run_dir, 'video'))
+  return TinyRun(root, sd_path, run_dir, config)

@@ -1,0 +1,96 @@
+"""A tiny random Stable Diffusion pipeline folder, for tests and CPU colabs.
+
+`write_tiny_sd(path)` writes `unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
+`scheduler/` and `model_index.json` in the diffusers layout, with random
+weights from diffusers / transformers PyTorch modules (every weight random,
+also the ones those libraries zero-initialise), and a tokenizer whose
+vocabulary is the 512 byte tokens plus a few merges. PyTorch, diffusers and
+transformers are imported only when it is called (they are test dependencies).
+"""
+
+import json
+import os
+
+import numpy as np
+
+from videoldm.models import tokenizer as tokenizer_lib
+
+MAX_LENGTH = 12
+MERGES = (('a', 'n'), ('an', 'd</w>'), ('m', 'o'), ('mo', 'v'), ('i', 'n'),
+          ('in', 'g</w>'), ('l', 'e'), ('le', 'f'), ('lef', 't</w>'), ('mov', 'ing</w>'))
+UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64],
+            layers_per_block=1, down_block_types=['CrossAttnDownBlock2D', 'DownBlock2D'],
+            up_block_types=['UpBlock2D', 'CrossAttnUpBlock2D'], attention_head_dim=4,
+            cross_attention_dim=32, norm_num_groups=8)
+VAE = dict(block_out_channels=[32, 32], down_block_types=['DownEncoderBlock2D'] * 2,
+           up_block_types=['UpDecoderBlock2D'] * 2, layers_per_block=1, norm_num_groups=8,
+           latent_channels=4, sample_size=32, scaling_factor=0.5)
+SCHEDULER = dict(_class_name='DDIMScheduler', beta_start=0.00085, beta_end=0.012,
+                 beta_schedule='scaled_linear', num_train_timesteps=1000,
+                 prediction_type='epsilon', set_alpha_to_one=False, steps_offset=1,
+                 clip_sample=False)
+
+
+def tokenizer_vocab() -> dict[str, int]:
+  """Byte tokens, their end-of-word forms, the merges, then bos and eos."""
+  base = list(tokenizer_lib.bytes_to_unicode().values())
+  tokens = (base + [c + '</w>' for c in base] + [a + b for a, b in MERGES]
+            + ['<|startoftext|>', '<|endoftext|>'])
+  return {token: index for index, token in enumerate(tokens)}
+
+
+def write_tokenizer(path: str) -> None:
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, 'vocab.json'), 'w', encoding='utf-8') as f:
+    json.dump(tokenizer_vocab(), f)
+  with open(os.path.join(path, 'merges.txt'), 'w', encoding='utf-8') as f:
+    f.write('#version: 0.2\n' + ''.join(f'{a} {b}\n' for a, b in MERGES))
+  with open(os.path.join(path, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
+    json.dump(dict(pad_token='<|endoftext|>', model_max_length=MAX_LENGTH), f)
+
+
+def randomize_(module, seed: int):
+  """Random weights ~ N(0, 1/fan_in); norm scales 1 + N(0, 0.1); biases N(0, 0.1)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, param in module.named_parameters():
+      noise = torch.randn(param.shape, generator=generator)
+      if name.endswith('bias'):
+        param.copy_(0.1 * noise)
+      elif param.ndim == 1:
+        param.copy_(1.0 + 0.1 * noise)
+      elif 'embedding' in name:
+        param.copy_(noise)
+      else:
+        param.copy_(noise / np.sqrt(int(np.prod(param.shape[1:]))))
+  return module.eval()
+
+
+def write_tiny_sd(path: str, seed: int = 0) -> str:
+  """Writes the tiny pipeline folder at `path` (created) and returns `path`."""
+  import diffusers  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  text_config = transformers.CLIPTextConfig(
+      vocab_size=len(tokenizer_vocab()), hidden_size=32, intermediate_size=64,
+      num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
+      bos_token_id=0, eos_token_id=2, pad_token_id=1, projection_dim=32)
+  randomize_(diffusers.UNet2DConditionModel(**UNET), seed).save_pretrained(
+      os.path.join(path, 'unet'))
+  randomize_(diffusers.AutoencoderKL(**VAE), seed + 1).save_pretrained(
+      os.path.join(path, 'vae'))
+  randomize_(transformers.CLIPTextModel(text_config), seed + 2).save_pretrained(
+      os.path.join(path, 'text_encoder'))
+  write_tokenizer(os.path.join(path, 'tokenizer'))
+  os.makedirs(os.path.join(path, 'scheduler'), exist_ok=True)
+  with open(os.path.join(path, 'scheduler', 'scheduler_config.json'), 'w') as f:
+    json.dump(SCHEDULER, f)
+  with open(os.path.join(path, 'model_index.json'), 'w') as f:
+    json.dump(dict(_class_name='StableDiffusionPipeline',
+                   unet=['diffusers', 'UNet2DConditionModel'],
+                   vae=['diffusers', 'AutoencoderKL'],
+                   text_encoder=['transformers', 'CLIPTextModel'],
+                   tokenizer=['transformers', 'CLIPTokenizer'],
+                   scheduler=['diffusers', 'DDIMScheduler']), f)
+  return path

@@ -1,0 +1,249 @@
+"""Stage `text_video`: a Stable Diffusion backbone turned into a text-to-video LDM.
+
+Paper Sec. 4.2: the spatial layers (U-Net, VAE, CLIP text encoder) come from an
+SD pipeline folder and stay frozen; temporal layers are inserted and trained on
+captioned video, with the text also cross-attended in the temporal
+transformers (`model.unet.temporal.text_context`). With
+`model.unet.temporal.context_frames` the model is also a prediction model
+(S ~ `model.context_probs` context frames, S = 0 is plain text-to-video), so
+the sampling stack can extend videos window by window.
+
+Param tree: `autoencoder/`, `latent_scale`, `text_encoder/` (frozen CLIP),
+`unet/` (spatial + temporal). `init_params` only builds random params; the SD
+weights arrive through `init_from.path` (a file written by
+`python -m videoldm.convert.temporal_transfer --sd_path=... --out=...`).
+
+Memory options (config.model):
+  remat: '' (off) or 'blocks' (`nn.remat` on every U-Net block);
+    remat_policy: a `jax.checkpoint_policies` name ('nothing_saveable', ...).
+  unet.dtype: 'bfloat16' computes the U-Net and text encoder in bf16 while the
+    params (master weights, optimiser state) stay float32.
+  decode_chunk: frames per VAE decoder call (0 = all at once).
+"""
+
+import dataclasses
+import functools
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from videoldm.models import text as text_lib
+from videoldm.models import tokenizer as tokenizer_lib
+from videoldm.models import video_unet as video_unet_lib
+from videoldm.train import stages
+from videoldm.train.stages import latent
+from videoldm.train.stages import video as video_stage
+
+REMAT_MODES = ('', 'blocks')
+
+
+def remat_block(block_cls, policy):
+  """`block_cls` whose call is rematerialised (`nn.remat`) with `policy`.
+
+  The block's call-time `FrameInfo` carries a static frame count next to
+  arrays, so it is split into both and rebuilt inside the remat'd function.
+  """
+
+  class RematBlock(block_cls):
+
+    def __call__(self, *args):
+      *leading, deterministic, extra = args
+      arrays = {f.name: getattr(extra, f.name) for f in dataclasses.fields(extra)
+                if f.name != 'num_frames'}
+      num_frames = extra.num_frames
+
+      def body(module, leading, arrays):
+        info = video_unet_lib.FrameInfo(num_frames, **arrays)
+        return block_cls.__call__(module, *leading, deterministic, info)
+
+      return nn.remat(body, policy=policy)(self, leading, arrays)
+
+  RematBlock.__name__ = block_cls.__name__
+  return RematBlock
+
+
+@functools.cache
+def remat_unet_class(policy_name: str) -> type[video_unet_lib.VideoUNet]:
+  """A `VideoUNet` subclass with rematerialised blocks (same params)."""
+  policy = getattr(jax.checkpoint_policies, policy_name, None)
+  if policy is None:
+    raise ValueError(f'model.remat_policy={policy_name!r} is not a jax.checkpoint_policies '
+                     "name (e.g. 'nothing_saveable', 'dots_saveable').")
+
+  class RematVideoUNet(video_unet_lib.VideoUNet):
+    down_block_cls = remat_block(video_unet_lib.VideoDownBlock, policy)
+    mid_block_cls = remat_block(video_unet_lib.VideoMidBlock, policy)
+    up_block_cls = remat_block(video_unet_lib.VideoUpBlock, policy)
+
+  return RematVideoUNet
+
+
+def make_unet(model_config) -> video_unet_lib.VideoUNet:
+  """The video U-Net of `model_config`, rematerialised when `model_config.remat`."""
+  mode = model_config.get('remat', '')
+  if mode not in REMAT_MODES:
+    raise ValueError(f'model.remat={mode!r} is not one of {REMAT_MODES}.')
+  if not mode:
+    return video_unet_lib.VideoUNet(model_config.unet)
+  return remat_unet_class(model_config.get('remat_policy', 'nothing_saveable'))(
+      model_config.unet)
+
+
+class TextVideoStage(video_stage.VideoStage):
+  """Text-to-video (and text-conditioned prediction) LDM on captioned video."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.unet = make_unet(config.model)
+    text_config = text_lib.CLIPTextConfig(**config.model.text_encoder.to_dict())
+    self.text_encoder = text_lib.CLIPTextModel(text_config, jnp.dtype(config.model.unet.dtype))
+    self.text_length = text_config.max_position_embeddings
+    self._tokenizer = None
+
+  # --------------------------------------------------------------- text
+  @property
+  def tokenizer(self) -> tokenizer_lib.CLIPTokenizer:
+    """The CLIP tokenizer of `config.model.tokenizer_path` (read on first use)."""
+    if self._tokenizer is None:
+      self._tokenizer = tokenizer_lib.CLIPTokenizer.from_folder(self.config.model.tokenizer_path)
+    return self._tokenizer
+
+  def tokenize_fn(self, texts) -> np.ndarray:
+    """Captions -> int32 token ids `(b, text_length)` (the data pipeline's `caption`)."""
+    return self.tokenizer(list(texts), max_length=self.text_length)
+
+  def null_ids(self, batch_size: int) -> np.ndarray:
+    """Token ids of the empty prompt (the unconditional branch of CFG)."""
+    return np.repeat(self.tokenize_fn(['']), batch_size, axis=0)
+
+  def encode_text(self, params, ids: jax.Array) -> jax.Array:
+    """Token ids `(b, n)` -> frozen CLIP context `(b, n, d)`."""
+    out = self.text_encoder.apply({'params': params['text_encoder']}, ids,
+                                  output=self.config.model.get('text_output', 'last'))
+    return jax.lax.stop_gradient(out.context.astype(jnp.float32))
+
+  # -------------------------------------------------------------- frames
+  def latent_size(self) -> tuple[int, int]:
+    factor = 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
+    h, w = self.config.model.frame_size
+    return h // factor, w // factor
+
+  def preprocess(self, batch):
+    """Centre-crops the (square) data frames to `model.frame_size` (h, w)."""
+    h, w = self.config.model.frame_size
+    video = batch['video']
+    height, width = video.shape[2:4]
+    if height < h or width < w:
+      raise ValueError(f'Data frames of {height}x{width} are smaller than model.frame_size '
+                       f'{h}x{w}; raise data.image_size.')
+    top, left = (height - h) // 2, (width - w) // 2
+    return dict(batch, video=video[:, :, top:top + h, left:left + w])
+
+  def decode(self, params, z: jax.Array) -> jax.Array:
+    """Latents `(b, f, h, w, c)` -> frames, `model.decode_chunk` frames per decoder call."""
+    chunk = self.config.model.get('decode_chunk', 0)
+    frames = einops.rearrange(z, 'b f h w c -> (b f) 1 h w c')  # ((b f), 1, h, w, c)
+    n = frames.shape[0]
+    if not chunk or chunk >= n:
+      decoded = latent.decode_latents(self.autoencoder, params, frames)
+    else:
+      pad = -n % chunk
+      frames = jnp.concatenate([frames, jnp.zeros((pad,) + frames.shape[1:])], axis=0)
+      chunks = einops.rearrange(frames, '(n k) 1 h w c -> n k h w c', k=chunk)
+      decoded = jax.lax.map(lambda c: latent.decode_latents(self.autoencoder, params, c[:, None]),
+                            chunks)  # (n, k, 1, H, W, 3)
+      decoded = einops.rearrange(decoded, 'n k 1 h w c -> (n k) 1 h w c')[:n]
+    return einops.rearrange(decoded, '(b f) 1 h w c -> b f h w c', b=z.shape[0])
+
+  # ---------------------------------------------------------------- model
+  def init_params(self, rng, batch):
+    ae_key, text_key, unet_key = jax.random.split(rng, 3)
+    h, w = self.config.model.frame_size
+    ae_params = self.autoencoder.init(ae_key, jnp.zeros((1, h, w, 3)))['params']
+    ids = jnp.zeros((1, self.text_length), jnp.int32)
+    text_params = self.text_encoder.init(text_key, ids)['params']
+    unet_cfg = self.config.model.unet
+    z = jnp.zeros((1, 1) + self.latent_size() + (unet_cfg.out_channels,))
+    extra = {}
+    if unet_cfg.temporal.context_frames:
+      extra = dict(context_latents=z, context_mask=jnp.zeros(z.shape[:2]))
+    context = jnp.zeros((1, self.text_length, unet_cfg.cross_attention_dim))
+    unet_params = self.unet.init(unet_key, z, jnp.zeros((1,), jnp.int32), context=context,
+                                 **extra)['params']
+    scale = jnp.asarray(self.autoencoder.config.scaling_factor, jnp.float32)
+    return dict(autoencoder=ae_params, latent_scale=scale, text_encoder=text_params,
+                unet=unet_params)
+
+  def apply_unet(self, params, x, t, text_context, context_latents, mask):
+    extra = {}
+    if self.config.model.unet.temporal.context_frames:
+      extra = dict(context_latents=context_latents, context_mask=mask)
+    out = self.unet.apply({'params': params['unet']}, x, t, context=text_context, **extra)
+    return out.astype(jnp.float32)
+
+  def loss_fn(self, params, batch, rng, step):
+    del step
+    if 'caption' not in batch:
+      raise ValueError(f'The text_video stage needs captions, but the batch has only '
+                       f'{sorted(batch)}; use a dataset with a caption feature.')
+    enc_key, noise_key, drop_key, mask_key = jax.random.split(rng, 4)
+    z0 = latent.encode_video(self.autoencoder, params, batch['video'], enc_key)
+    b, f = z0.shape[:2]
+    drop = jax.random.bernoulli(drop_key, self.config.model.caption_dropout, (b, 1))
+    ids = jnp.where(drop, jnp.asarray(self.null_ids(b)), batch['caption'])
+    text_context = self.encode_text(params, ids)
+    mask = jnp.zeros((b, f))
+    if self.config.model.unet.temporal.context_frames:
+      mask = self.context_mask(mask_key, b, f)
+    noised = latent.add_noise(self.schedule, z0, noise_key)
+    prediction = self.apply_unet(params, noised.x_t, noised.t, text_context, z0, mask)
+    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised,
+                                 mask=1.0 - mask)
+    return loss, {'context_frames': jnp.mean(jnp.sum(mask, axis=1)),
+                  'captions_dropped': jnp.mean(drop.astype(jnp.float32))}
+
+  def sample_window(self, params, context_latents, mask, ids, rng):
+    """One DDIM window from token ids `(b, n)`, with text and context guidance.
+
+    Branches (least conditioned first): empty prompt without context; empty
+    prompt with context; prompt with context (the middle one only when the
+    model takes context frames). Known frames are copied into the result.
+    """
+    b = ids.shape[0]
+    text = self.encode_text(params, ids)
+    null = self.encode_text(params, jnp.asarray(self.null_ids(b)))
+    s = self.config.sampling
+    if self.config.model.unet.temporal.context_frames:
+      conds = [(null, jnp.zeros_like(mask)), (null, mask), (text, mask)]
+      scales = [s.context_guidance, s.guidance_scale]
+    else:
+      conds, scales = [(null, mask), (text, mask)], [s.guidance_scale]
+
+    def model_fn(x, t, cond):
+      text_context, cond_mask = cond
+      repeats = x.shape[0] // context_latents.shape[0]
+      context = jnp.concatenate([context_latents] * repeats, axis=0)
+      return self.apply_unet(params, x, t, text_context, context, cond_mask)
+
+    noise = jax.random.normal(rng, context_latents.shape)
+    z = latent.ddim_sample(self.config, self.schedule, model_fn, conds, scales, noise, rng)
+    keep = mask[:, :, None, None, None]
+    return keep * context_latents + (1.0 - keep) * z
+
+  def sample(self, params, batch, rng):
+    """Each eval clip from its caption (and its first `sampling.num_context` frames)."""
+    video = batch['video']
+    z0 = latent.encode_video(self.autoencoder, params, video, None)
+    b, f = z0.shape[:2]
+    num_context = self.config.sampling.num_context
+    if not self.config.model.unet.temporal.context_frames:
+      num_context = 0
+    mask = latent.leading_frames_mask(jnp.full((b,), num_context), f)
+    z = self.sample_window(params, z0, mask, batch['caption'], rng)
+    return {'prediction': jnp.clip(self.decode(params, z), -1, 1), 'data': video}
+
+
+stages.register_stage('text_video', TextVideoStage)
