@@ -34,6 +34,10 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "diffusers>=0.42,<0.43",
         "transformers>=5.24,<6",
+        # Notebook tests execute colabs/*.ipynb through a real Jupyter kernel.
+        "nbclient>=0.10,<0.12",
+        "nbformat>=5.10,<6",
+        "ipykernel>=6.29,<8",
     ],
     "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],

@@ -301,6 +301,19 @@ def test_pipeline_process_shards_partition_global_batch(digits_dirs):
     assert keys0 | keys1 == set(_example_keys(global_batch))
 
 
+def test_pipeline_process_shards_are_blocks_of_the_global_batch(digits_dirs):
+  """Process p holds the p-th contiguous block of every global batch (device order)."""
+  dirs, _ = digits_dirs
+  make = lambda i, n: pipeline.make_dataset(_data_config(dirs[0]), 'train', 8, seed=11,
+                                            process_index=i, process_count=n)
+  single, shards = make(0, 1), [make(i, 4) for i in range(4)]
+  for _ in range(10):
+    whole, parts = next(single), [next(s) for s in shards]
+    for key in whole:
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+
+
+
 def test_pipeline_finite_epochs_keep_processes_in_step(digits_dirs):
   dirs, _ = digits_dirs
   config = _data_config(dirs[0])

@@ -6,8 +6,11 @@ offset from `seed` and the record's global position) and checkpointable
 (`get_state()` is a JSON-serialisable dict; `set_state` resumes exactly).
 
 Sharding: every process walks the same global, shuffled index sequence;
-process p of P takes global positions p, p + P, p + 2P, ... so the union of
-all processes' step-s batches is exactly the step-s global batch.
+process p of P takes the p-th contiguous block of every global batch
+(its positions [p * b, (p + 1) * b), b = global_batch_size / P). That is the
+row order `global_batch_to_device` builds on a mesh whose devices are grouped
+by process (`jax.devices()`), so a run on P processes sees exactly the global
+batches, in order, of a run on one.
 
 Batch (B = global_batch_size / process_count examples):
   video:        float32 (B, num_frames, image_size, image_size, 3) in [-1, 1]
@@ -121,6 +124,36 @@ class SampleClip(grain.RandomMapTransform):
     return out
 
 
+class BlockSampler:
+  """Maps the data loader's strided shards onto contiguous blocks of each global batch.
+
+  With `ShardOptions(p, P)` the loader reads indices p, p + P, p + 2P, ...;
+  its k-th read for process p becomes global position
+  `(k // b) * B + p * b + k % b` (b = B / P), so its k-th local batch is
+  rows `[p * b, (p + 1) * b)` of global batch k. Whole global batches only.
+  """
+
+  def __init__(self, sampler: grain.IndexSampler, global_batch_size: int, process_count: int):
+    self._sampler = sampler
+    self._global_batch_size = global_batch_size
+    self._process_count = process_count
+    self._local_batch_size = global_batch_size // process_count
+
+  def __len__(self) -> int:
+    return len(self._sampler) // self._global_batch_size * self._global_batch_size
+
+  def __repr__(self) -> str:  # grain checks it when restoring a checkpointed state.
+    return (f'BlockSampler({self._sampler!r}, global_batch_size={self._global_batch_size}, '
+            f'process_count={self._process_count})')
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    process, local = index % self._process_count, index // self._process_count
+    position = (local // self._local_batch_size * self._global_batch_size
+                + process * self._local_batch_size + local % self._local_batch_size)
+    record = self._sampler[position]
+    return grain.RecordMetadata(index=index, record_key=record.record_key, rng=record.rng)
+
+
 class DataIterator:
   """Iterator over per-process batches with `get_state`/`set_state`.
 
@@ -211,7 +244,8 @@ def make_dataset(data_config: ml_collections.ConfigDict, split: str,
                      f'{num_epochs} epochs, fewer than one global batch of '
                      f'{global_batch_size}.')
   loader = grain.DataLoader(
-      data_source=source, sampler=sampler,
+      data_source=source,
+      sampler=BlockSampler(sampler, global_batch_size, process_count),
       operations=[SampleClip(data_config.num_frames, data_config.frame_stride,
                              data_config.image_size)],
       worker_count=data_config.num_workers,

@@ -1,8 +1,9 @@
 """Orbax checkpoints of a run, and `init_from` loading of params from another run.
 
 A run's checkpoints live in `<workdir>/checkpoints/<step>/` with three items:
-`state` (the TrainState), `data` (the data iterator state, JSON) and
-`config` (JSON). Orbax writes into a temporary dir and renames it when
+`state` (the TrainState; each process writes its shards), `data` (JSON: the
+data iterator state of every process, gathered to process 0, which writes
+JSON items) and `config` (JSON). Orbax writes into a temporary dir and renames it when
 complete, so a half-written step is never listed. Restoring tries the newest
 step first and falls back to older ones when a step is unreadable.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from absl import logging
 import flax
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -54,12 +56,35 @@ def config_to_json_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def gather_process_states(data_state: Any) -> list:
+  """Every process's (JSON-ready) data iterator state, in process order; call on all processes."""
+  data_state = _encode_data_state(data_state)
+  if jax.process_count() == 1:
+    return [data_state]
+  text = np.frombuffer(json.dumps(data_state).encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.int32(len(text)))
+  padded = np.zeros(int(np.max(lengths)), np.uint8)
+  padded[:len(text)] = text
+  rows = multihost_utils.process_allgather(padded)  # (process_count, longest)
+  return [json.loads(bytes(row[:length]).decode()) for row, length in zip(rows, lengths)]
+
+
+def own_data_state(saved: dict, step: int) -> Any:
+  """This process's data iterator state from a restored `data` item."""
+  states = saved.get('processes') or [saved['iterator']]
+  if len(states) != jax.process_count():
+    raise ValueError(f'The checkpoint at step {step} holds data iterator states of '
+                     f'{len(states)} processes but this run has {jax.process_count()}; '
+                     'expected the same process count to resume the data exactly.')
+  return _decode_data_state(states[jax.process_index()])
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
          config: ml_collections.ConfigDict, force: bool = False) -> bool:
   """Saves (asynchronously when enabled) state, data iterator state and config."""
   args = ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave({'iterator': _encode_data_state(data_state)}),
+      data=ocp.args.JsonSave({'processes': gather_process_states(data_state)}),
       config=ocp.args.JsonSave(config_to_json_dict(config)))
   return manager.save(step, args=args, force=force)
 
@@ -76,11 +101,12 @@ def restore_latest(manager: ocp.CheckpointManager,
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-      return step, restored.state, _decode_data_state(restored.data['iterator'])
     except Exception as error:  # Any unreadable file makes this step unusable.
       logging.warning('Checkpoint at step %d in %s is corrupt or incomplete (%s: %s); '
                       'falling back to the previous one.', step, manager.directory,
                       type(error).__name__, str(error).splitlines()[0][:200] if str(error) else '')
+      continue
+    return step, restored.state, own_data_state(restored.data, step)
   return None
 
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU VM pod slice: create the slice (or reuse it), copy this
+# repository to every worker, set up a venv there, and run the same command
+# on all workers (`--worker=all`). JAX finds its peers on a pod by itself.
+#
+#   launch/tpu_pod.sh --tpu=my-v4-32 --zone=us-central2-b --accelerator_type=v4-32 -- \
+#     --config=configs/moving_digits.py:stage=video --workdir=gs://my-bucket/runs/video
+#
+# Launcher options (before `--`):
+#   --tpu=NAME                 TPU VM name (required)
+#   --zone=ZONE                (required)
+#   --project=PROJECT          (default: gcloud's configured project)
+#   --accelerator_type=TYPE    used only when the slice is created (default v4-8)
+#   --version=IMAGE            TPU VM image for creation (default tpu-ubuntu2204-base)
+#   --skip_setup               reuse the copy and venv already on the workers
+#   --dry-run                  print the gcloud commands, run nothing
+# Everything after `--` goes to `python -m videoldm.main` unchanged, plus
+# --config.multiprocess=True. The workdir should be a gs:// bucket (or a disk
+# all workers share): orbax writes each worker's share of the checkpoint there.
+# Each worker's output is prefixed with `[worker <hostname>]` and kept in
+# ~/videoldm-train.log on that worker; log lines also show JAX's process index.
+set -euo pipefail
+
+tpu=""; zone=""; project=""; accelerator_type="v4-8"; version="tpu-ubuntu2204-base"
+setup=1; dry_run=0
+while (( $# )); do
+  case "$1" in
+    --tpu=*) tpu="${1#*=}" ;;
+    --zone=*) zone="${1#*=}" ;;
+    --project=*) project="${1#*=}" ;;
+    --accelerator_type=*) accelerator_type="${1#*=}" ;;
+    --version=*) version="${1#*=}" ;;
+    --skip_setup) setup=0 ;;
+    --dry-run) dry_run=1 ;;
+    --) shift; break ;;
+    *) echo "tpu_pod.sh: unknown option '$1'; see the options at the top of this script." >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ -z "$tpu" || -z "$zone" ]]; then
+  echo "tpu_pod.sh: --tpu=NAME and --zone=ZONE are required; got tpu='$tpu' zone='$zone'." >&2; exit 2
+fi
+if ! printf '%s\n' "$@" | grep -q '^--workdir='; then
+  echo "tpu_pod.sh: no --workdir=DIR after '--'; expected the run's workdir." >&2; exit 2
+fi
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+gcloud_tpu=(gcloud compute tpus tpu-vm)
+where=(--zone="$zone" ${project:+--project="$project"})
+archive=/tmp/videoldm-src.tar.gz
+remote_setup='python3 -m venv ~/videoldm-venv && ~/videoldm-venv/bin/pip install --quiet --upgrade pip && rm -rf ~/videoldm && mkdir ~/videoldm && tar -xzf ~/videoldm-src.tar.gz -C ~/videoldm && ~/videoldm-venv/bin/pip install --quiet -e ~/videoldm"[tpu]"'
+train_command="~/videoldm-venv/bin/python $(printf '%q ' -m videoldm.main "$@" --config.multiprocess=True)"
+remote_train="set -o pipefail; cd ~/videoldm && $train_command 2>&1 | tee ~/videoldm-train.log | sed -u \"s/^/[worker \$(hostname)] /\""
+
+run() {  # Prints the command under --dry-run, runs it otherwise.
+  if (( dry_run )); then printf '%q ' "$@"; printf '\n'; else "$@"; fi
+}
+
+if (( dry_run )); then
+  echo "# Create the slice only if 'gcloud compute tpus tpu-vm describe' does not find it:"
+  run "${gcloud_tpu[@]}" create "$tpu" "${where[@]}" --accelerator-type="$accelerator_type" --version="$version"
+elif ! "${gcloud_tpu[@]}" describe "$tpu" "${where[@]}" > /dev/null 2>&1; then
+  run "${gcloud_tpu[@]}" create "$tpu" "${where[@]}" --accelerator-type="$accelerator_type" --version="$version"
+fi
+if (( setup )); then
+  run tar -czf "$archive" -C "$repo_root" --exclude=.git --exclude=.venv --exclude=workdirs .
+  run "${gcloud_tpu[@]}" scp "$archive" "$tpu":videoldm-src.tar.gz "${where[@]}" --worker=all
+  run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" --worker=all --command="$remote_setup"
+fi
+run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" --worker=all --command="$remote_train"
