@@ -1,0 +1,114 @@
+"""Figure 1: U-Net forward and autoencoder decode, ours (jit) vs diffusers (PyTorch).
+
+The same SD-architecture U-Net (mid-size: channels 64/128/256/256, two
+ResBlocks per level, cross-attention to 77 x 256 tokens), the same random
+weights converted with `unet_from_diffusers`, batch 8 of 32x32x4 latents,
+float32, both pinned to the same CPU cores. Likewise the KL autoencoder
+decode (SD VAE layout at half width) of 8 latents 32x32x4 -> 256x256x3.
+
+  python bench/unet_vs_diffusers.py [--threads=2] [--repeats=7] [--batch=8]
+"""
+
+import argparse
+import sys
+
+import common
+
+PARSER = argparse.ArgumentParser()
+PARSER.add_argument('--threads', type=int, default=2)
+PARSER.add_argument('--repeats', type=int, default=7)
+PARSER.add_argument('--batch', type=int, default=8)
+PARSER.add_argument('--skip_vae', action='store_true')
+ARGS = PARSER.parse_args()
+CORES = common.configure_cpu_threads(ARGS.threads) if ARGS.threads else None
+
+import diffusers  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+sys.path.insert(0, common.TESTS)
+import diffusers_reference as ref  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm.convert import diffusers as convert_unet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm.convert import diffusers_vae as convert_vae  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+UNET = dict(sample_size=32, in_channels=4, out_channels=4,
+            block_out_channels=[64, 128, 256, 256], layers_per_block=2,
+            down_block_types=['CrossAttnDownBlock2D'] * 3 + ['DownBlock2D'],
+            up_block_types=['UpBlock2D'] + ['CrossAttnUpBlock2D'] * 3,
+            attention_head_dim=8, cross_attention_dim=256, norm_num_groups=32)
+VAE = dict(block_out_channels=[64, 128, 256, 256], layers_per_block=2, latent_channels=4,
+           down_block_types=['DownEncoderBlock2D'] * 4, up_block_types=['UpDecoderBlock2D'] * 4,
+           norm_num_groups=32, sample_size=256)
+
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def synchronized(out: torch.Tensor) -> torch.Tensor:
+  """Waits for the GPU (if any)."""
+  if DEVICE == 'cuda':
+    torch.cuda.synchronize()
+  return out
+
+
+def unet_case(batch: int):
+  torch_model = ref.randomize_(diffusers.UNet2DConditionModel(**UNET), seed=0)
+  model, params = convert_unet.unet_from_diffusers(ref.state_dict_numpy(torch_model),
+                                                   torch_model.config)
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((batch, 32, 32, 4)).astype(np.float32)
+  t = np.full((batch,), 500.0, np.float32)
+  context = rng.standard_normal((batch, 77, 256)).astype(np.float32)
+  ours = jax.jit(lambda p, x, t, c: model.apply({'params': p}, x, t, c))
+  args = [jax.device_put(a) for a in (params, x, t, context)]
+  torch_model.to(DEVICE)
+  tx, tt, tc = (a.to(DEVICE) for a in (ref.nchw(x), torch.from_numpy(t), torch.from_numpy(context)))
+
+  def theirs():
+    with torch.inference_mode():
+      return synchronized(torch_model(tx, tt, tc).sample)
+
+  error = ref.relative_error(ours(*args), ref.nhwc(theirs().cpu()))
+  return (lambda: ours(*args)), theirs, error
+
+
+def vae_case(batch: int):
+  torch_model = ref.randomize_(diffusers.AutoencoderKL(**VAE), seed=0)
+  module, params = convert_vae.autoencoder_from_diffusers(ref.state_dict_numpy(torch_model),
+                                                          dict(torch_model.config))
+  z = np.random.default_rng(0).standard_normal((batch, 32, 32, 4)).astype(np.float32)
+  ours = jax.jit(lambda p, z: module.apply({'params': p}, z, method='decode'))
+  args = [jax.device_put(a) for a in (params, z)]
+  torch_model.to(DEVICE)
+  tz = ref.nchw(z).to(DEVICE)
+
+  def theirs():
+    with torch.inference_mode():
+      return synchronized(torch_model.decode(tz).sample)
+
+  error = ref.relative_error(ours(*args), ref.nhwc(theirs().cpu()))
+  return (lambda: ours(*args)), theirs, error
+
+
+def main():
+  if CORES:
+    torch.set_num_threads(CORES)
+  rows = []
+  cases = [('U-Net forward', unet_case)] + ([] if ARGS.skip_vae else [('VAE decode', vae_case)])
+  for name, make in cases:
+    ours, theirs, error = make(ARGS.batch)
+    times = common.interleaved({'ours': ours, 'diffusers': theirs}, ARGS.repeats, warmup=2)
+    ratio = common.median(times['diffusers']) / common.median(times['ours'])
+    rows.append([name, common.spread(times['ours']), common.spread(times['diffusers']),
+                 f'{ratio:.2f}x', f'{error:.1e}'])
+  common.report(
+      'Figure 1: forward vs diffusers (same weights, float32)',
+      ['model', 'ours (jit)', 'diffusers (torch)', 'our throughput / theirs', 'rel. error'],
+      rows, [f'torch on {DEVICE}; threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores); '
+             f'batch {ARGS.batch}, latents 32x32x4; median (min-max) of {ARGS.repeats} '
+             'interleaved calls'])
+
+
+if __name__ == '__main__':
+  main()
