@@ -5,28 +5,11 @@ import numpy as np
 import torch
 
 from videoldm.convert import common
+from videoldm.convert import tiny_sd
 
 
-def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-  """Gives every parameter random values, including zero/one-initialised ones.
-
-  Weights ~ N(0, 1/fan_in) so activations stay O(1); norm scales ~ 1 + N(0, 0.1)
-  and biases ~ N(0, 0.1), so no layer is the identity or zero.
-  """
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, param in module.named_parameters():
-      noise = torch.randn(param.shape, generator=generator)
-      if name.endswith('bias'):
-        param.copy_(0.1 * noise)
-      elif param.ndim == 1:
-        param.copy_(1.0 + 0.1 * noise)
-      elif 'embedding' in name:
-        param.copy_(noise)
-      else:
-        fan_in = int(np.prod(param.shape[1:]))
-        param.copy_(noise / np.sqrt(fan_in))
-  return module.eval()
+# Every parameter random, including zero/one-initialised ones (shared with tiny_sd).
+randomize_ = tiny_sd.randomize_
 
 
 def state_dict_numpy(module: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -49,7 +49,7 @@ def write_tokenizer(path: str) -> None:
     json.dump(dict(pad_token='<|endoftext|>', model_max_length=MAX_LENGTH), f)
 
 
-def randomize_(module, seed: int):
+def randomize_(module, seed: int = 0):
   """Random weights ~ N(0, 1/fan_in); norm scales 1 + N(0, 0.1); biases N(0, 0.1)."""
   import torch  # pylint: disable=g-import-not-at-top
   generator = torch.Generator().manual_seed(seed)
