@@ -56,7 +56,10 @@ def train_all(workdir: str, config_file: str, arg: str, stages=ORDER) -> None:
     config = stage_config(config_file, stage, arg, workdir)
     logging.info('=== Stage %d/%d: %s (%d steps) ===', index + 1, len(stages), stage,
                  config.total_steps)
-    trainer.train_and_evaluate(config, os.path.join(workdir, stage))
+    state = trainer.train_and_evaluate(config, os.path.join(workdir, stage))
+    if int(state.step) < config.total_steps:  # Stopped by SIGTERM: the checkpoint is saved.
+      raise SystemExit(f'Stopped during stage {stage!r} at step {int(state.step)}; run the '
+                       'same command again to resume.')
     elapsed = time.time() - start
     eta = elapsed / (index + 1) * (len(stages) - index - 1)
     logging.info('=== %s done; %.0f s elapsed, about %.0f s to go for training ===', stage,
