@@ -118,6 +118,7 @@ def get_config(arg=None):
   config.eval_every = 0 if arg.runlocal else 500
   config.eval_steps = 1
   config.sample_every = 0 if arg.runlocal else 1000
+  config.metrics_every = 0  # Steps between FID-md / FVD-md evaluations (0: never).
   config.max_consecutive_nonfinite = 10
   config.multiprocess = False
 

@@ -1,0 +1,106 @@
+r"""Evaluates a trained run: `python -m videoldm.evaluate --workdir=<run> --num_videos=N`.
+
+`<run>` holds one workdir per stage (`image`, `video`, optionally
+`interpolation`, `decoder`, `upsampler`), as the quickstart lays it out.
+Generates N videos with the sampling stack (labels of N test clips, first
+frame from the image LDM, then the prediction model), compares them with the
+N real test clips at the video stage's frame rate and writes
+`<run>/evaluation/report.json` plus TensorBoard scalars in `<run>/evaluation`.
+
+Metrics: FID-md, FVD-md, identity consistency, label agreement, feature
+change (digit nets trained by the project, `evaluation/digits.py`); FID / FVD
+with `--inception_weights` / `--i3d_weights` (.npz, `evaluation/weights.py`);
+CLIP similarity with `--clip_dir` (a local transformers CLIPModel folder).
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+from clu import metric_writers
+import numpy as np
+
+from videoldm.data import pipeline
+from videoldm.evaluation import clip_score
+from videoldm.evaluation import digits
+from videoldm.evaluation import i3d
+from videoldm.evaluation import inception
+from videoldm.evaluation import metrics
+from videoldm.evaluation import report
+from videoldm.pipelines import loading
+from videoldm.pipelines import video_ldm
+from videoldm.train import checkpointing
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory with one folder per stage.',
+                               required=True)
+_NUM_VIDEOS = flags.DEFINE_integer('num_videos', 32, 'Videos to generate and compare.')
+_BATCH = flags.DEFINE_integer('batch_size', 8, 'Videos generated per sampling call.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling and data seed.')
+_INCEPTION = flags.DEFINE_string('inception_weights', '', 'Inception-v3 .npz (adds FID).')
+_I3D = flags.DEFINE_string('i3d_weights', '', 'I3D .npz (adds FVD).')
+_CLIP = flags.DEFINE_string('clip_dir', '', 'Local CLIPModel folder (adds CLIP similarity).')
+
+
+def real_clips(data_config, num_videos: int, seed: int) -> dict:
+  iterator = pipeline.make_dataset(data_config, 'test', num_videos, shuffle=False, seed=seed)
+  return next(iterator)
+
+
+def generate(models: dict, labels: np.ndarray, num_frames: int, batch_size: int,
+             seed: int) -> np.ndarray:
+  """Videos `(n, num_frames, H, W, 3)` from the stack, `batch_size` labels at a time."""
+  videos = []
+  for start in range(0, len(labels), batch_size):
+    chunk = tuple(int(label) for label in labels[start:start + batch_size])
+    settings = video_ldm.Settings(num_frames=num_frames, labels=chunk, seed=seed + start,
+                                  interpolation_passes=0)
+    frames = list(video_ldm.VideoLDM(models, settings).frames())
+    videos.append(np.stack([np.asarray(frame) for frame in frames], axis=1))
+  return np.concatenate(videos)
+
+
+def evaluate(run_dir: str, num_videos: int, batch_size: int = 8, seed: int = 0,
+             inception_weights: str = '', i3d_weights: str = '', clip_dir: str = '') -> dict:
+  """The report dict (also written to `<run_dir>/evaluation/report.json` and TensorBoard)."""
+  if num_videos < 2:
+    raise ValueError(f'num_videos={num_videos} must be >= 2 (Fréchet distances need a spread).')
+  start = time.time()
+  models = loading.load_run(run_dir, names=('image', 'video', 'decoder'))
+  data_config = models['video'].stage.config.data
+  batch = real_clips(data_config, num_videos, seed)
+  real, labels = np.asarray(batch['video']), np.asarray(batch['labels'])[:, 0]
+  generated = generate(models, labels, real.shape[1], batch_size, seed)
+  output = os.path.join(run_dir, 'evaluation')
+  nets = digits.load_or_train(digits.spec_from_data_config(data_config),
+                              os.path.join(output, 'feature_nets'), seed=0)
+  results = metrics.digit_video_metrics(nets, generated, real, labels)
+  if inception_weights:
+    results['fid'] = metrics.fid(inception.InceptionExtractor(inception_weights), generated, real)
+  if i3d_weights:
+    results['fvd'] = metrics.fvd(i3d.I3DExtractor(i3d_weights), generated, real)
+  if clip_dir:
+    captions = [f'a handwritten digit {int(label)}' for label in labels]
+    results['clip_similarity'] = clip_score.clip_similarity(generated, captions, clip_dir)
+  results['seconds'] = time.time() - start
+  record = dict(metrics=results, run=run_dir, num_videos=num_videos, seed=seed,
+                feature_nets=nets.record)
+  report.write_json(os.path.join(output, 'report.json'), record)
+  writer = metric_writers.create_default_writer(output)
+  step = int(os.path.basename(checkpointing.latest_step_dir(
+      os.path.join(run_dir, 'video'))))
+  report.write_scalars(writer, step, results, prefix='eval/')
+  writer.close()
+  logging.info('Evaluation of %s: %s', run_dir, results)
+  return record
+
+
+def main(argv):
+  del argv
+  evaluate(_WORKDIR.value, _NUM_VIDEOS.value, _BATCH.value, _SEED.value, _INCEPTION.value,
+           _I3D.value, _CLIP.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

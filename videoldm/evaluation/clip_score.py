@@ -1,0 +1,41 @@
+"""CLIP similarity between frames and captions, with a CLIP model from a local folder.
+
+Needs a Hugging Face `CLIPModel` folder on disk (config + weights, e.g. a
+saved `openai/clip-vit-base-patch32`); the project has only the CLIP text
+tower in Flax, so this uses the transformers (PyTorch, CPU) implementation.
+Score: mean cosine similarity of each frame's image embedding with its clip's
+caption embedding, times 100 (the common CLIPSIM convention).
+"""
+
+import os
+
+import einops
+import numpy as np
+
+
+def clip_similarity(videos, captions, clip_dir: str, batch_size: int = 32) -> float:
+  """CLIPSIM of videos `(b, f, h, w, 3)` in [-1, 1] with their `b` captions."""
+  if not os.path.isfile(os.path.join(clip_dir, 'config.json')):
+    raise FileNotFoundError(f'CLIP folder {clip_dir!r} has no config.json; CLIP similarity needs '
+                            'a locally saved transformers CLIPModel (none can be downloaded).')
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  videos = np.asarray(videos, np.float32)
+  if videos.ndim != 5 or len(captions) != len(videos):
+    raise ValueError(f'Videos {videos.shape} and {len(captions)} captions do not pair up; '
+                     'expected (b, f, h, w, 3) and b captions.')
+  model = transformers.CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval()
+  processor = transformers.CLIPProcessor.from_pretrained(clip_dir, local_files_only=True)
+  frames = einops.rearrange((videos + 1) * 127.5, 'b f h w c -> (b f) h w c')  # (b f) h w c
+  frames = list(np.clip(np.round(frames), 0, 255).astype(np.uint8))
+  with torch.no_grad():
+    text = processor(text=list(captions), return_tensors='pt', padding=True)
+    text_embeds = torch.nn.functional.normalize(model.get_text_features(**text), dim=-1)
+    image_embeds = []
+    for start in range(0, len(frames), batch_size):
+      pixels = processor(images=frames[start:start + batch_size], return_tensors='pt')
+      image_embeds.append(model.get_image_features(**pixels))
+    image_embeds = torch.nn.functional.normalize(torch.cat(image_embeds), dim=-1)
+  per_frame = einops.rearrange(image_embeds.numpy(), '(b f) d -> b f d', b=len(videos))
+  cosine = np.einsum('bfd,bd->bf', per_frame, text_embeds.numpy())
+  return float(100.0 * cosine.mean())

@@ -1,0 +1,101 @@
+"""I3D (inflated Inception-v1, the FVD network) in Flax, loaded from a weights file on disk.
+
+Follows the Kinetics-400 I3D of Carreira & Zisserman used by FVD: Unit3D =
+3D conv without bias + batch norm (eps 1e-3, inference) + ReLU, TF 'SAME'
+padding, Inception modules `Mixed_3b` ... `Mixed_5c`. Clips `(b, f, h, w, 3)`
+in [-1, 1] are resized (bilinear, per frame) to `input_size` and mapped to
+the 400 Kinetics logits (FVD's features) and the 1024-d pooled features.
+The file layout is documented in `weights.py`; a converter from the
+TF-Hub / PyTorch checkpoints maps their names onto these module names. No
+weights ship with the project.
+"""
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from videoldm.evaluation import weights
+
+# (branch 0 1x1, branch 1 1x1 -> 3x3, branch 2 1x1 -> 3x3, branch 3 pool -> 1x1) widths.
+MIXED = {
+    'Mixed_3b': (64, 96, 128, 16, 32, 32), 'Mixed_3c': (128, 128, 192, 32, 96, 64),
+    'Mixed_4b': (192, 96, 208, 16, 48, 64), 'Mixed_4c': (160, 112, 224, 24, 64, 64),
+    'Mixed_4d': (128, 128, 256, 24, 64, 64), 'Mixed_4e': (112, 144, 288, 32, 64, 64),
+    'Mixed_4f': (256, 160, 320, 32, 128, 128), 'Mixed_5b': (256, 160, 320, 32, 128, 128),
+    'Mixed_5c': (384, 192, 384, 48, 128, 128),
+}
+
+
+class Unit3D(nn.Module):
+  features: int
+  kernel: tuple[int, int, int] = (1, 1, 1)
+  strides: tuple[int, int, int] = (1, 1, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.features, self.kernel, self.strides, 'SAME', use_bias=False,
+                name='conv_3d')(x)
+    return nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-3, name='batch_norm')(x))
+
+
+class InceptionModule(nn.Module):
+  widths: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.widths
+    b0 = Unit3D(w[0], name='Branch_0_Conv3d_0a_1x1')(x)
+    b1 = Unit3D(w[2], (3, 3, 3), name='Branch_1_Conv3d_0b_3x3')(
+        Unit3D(w[1], name='Branch_1_Conv3d_0a_1x1')(x))
+    b2 = Unit3D(w[4], (3, 3, 3), name='Branch_2_Conv3d_0b_3x3')(
+        Unit3D(w[3], name='Branch_2_Conv3d_0a_1x1')(x))
+    pooled = nn.max_pool(x, (3, 3, 3), (1, 1, 1), 'SAME')
+    b3 = Unit3D(w[5], name='Branch_3_Conv3d_0b_1x1')(pooled)
+    return jnp.concatenate([b0, b1, b2, b3], axis=-1)
+
+
+class I3D(nn.Module):
+  """Clips `(b, f, h, w, 3)` in [-1, 1] -> (logits (b, 400), features (b, 1024))."""
+  input_size: int = 224
+  num_classes: int = 400
+
+  @nn.compact
+  def __call__(self, video):
+    b, f = video.shape[:2]
+    frames = einops.rearrange(video, 'b f h w c -> (b f) h w c')  # (b f) h w c
+    frames = jax.image.resize(frames, (b * f, self.input_size, self.input_size, 3), 'bilinear')
+    x = einops.rearrange(frames, '(b f) h w c -> b f h w c', b=b)  # b f H W c
+    x = Unit3D(64, (7, 7, 7), (2, 2, 2), name='Conv3d_1a_7x7')(x)
+    x = nn.max_pool(x, (1, 3, 3), (1, 2, 2), 'SAME')
+    x = Unit3D(64, name='Conv3d_2b_1x1')(x)
+    x = Unit3D(192, (3, 3, 3), name='Conv3d_2c_3x3')(x)
+    x = nn.max_pool(x, (1, 3, 3), (1, 2, 2), 'SAME')
+    for name in ('Mixed_3b', 'Mixed_3c'):
+      x = InceptionModule(MIXED[name], name=name)(x)
+    x = nn.max_pool(x, (3, 3, 3), (2, 2, 2), 'SAME')
+    for name in ('Mixed_4b', 'Mixed_4c', 'Mixed_4d', 'Mixed_4e', 'Mixed_4f'):
+      x = InceptionModule(MIXED[name], name=name)(x)
+    x = nn.max_pool(x, (2, 2, 2), (2, 2, 2), 'SAME')
+    for name in ('Mixed_5b', 'Mixed_5c'):
+      x = InceptionModule(MIXED[name], name=name)(x)
+    features = jnp.mean(x, axis=(1, 2, 3))
+    logits = nn.Dense(self.num_classes, name='Logits')(features)
+    return logits, features
+
+
+class I3DExtractor:
+  """FVD features (I3D logits) from an I3D weights file (`clip_features` only)."""
+  suffix = ''
+
+  def __init__(self, path: str, input_size: int = 224, batch_size: int = 8):
+    self.module = I3D(input_size)
+    self.variables = weights.load_variables(path, self.module, jnp.zeros((1, 4, 32, 32, 3)))
+    self._apply = jax.jit(lambda v, x: self.module.apply(v, x)[0])
+    self.batch_size = batch_size
+
+  def clip_features(self, videos) -> np.ndarray:
+    videos = np.asarray(videos, np.float32)
+    return np.concatenate([np.asarray(self._apply(self.variables, videos[i:i + self.batch_size]))
+                           for i in range(0, len(videos), self.batch_size)])

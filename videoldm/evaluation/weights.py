@@ -1,0 +1,59 @@
+"""Weights files for the standard feature networks (Inception-v3, I3D).
+
+Layout (documented for converters): one `.npz` file whose keys are the Flax
+variable paths joined with '/', prefixed by their collection:
+`params/Conv2d_1a_3x3/conv/kernel`, `batch_stats/Conv2d_1a_3x3/bn/mean`, ...
+Kernels are Flax-shaped (spatial..., in, out). `load_variables` checks the
+file against the module's own variables in both directions (every name
+present, none extra, every shape equal) and names what differs.
+"""
+
+import os
+
+import flax
+import jax
+import numpy as np
+
+
+def flatten_variables(variables) -> dict[str, np.ndarray]:
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep='/')
+  return {name: np.asarray(value) for name, value in flat.items()}
+
+
+def save_variables(path: str, variables) -> None:
+  """Writes `variables` ({'params': ..., 'batch_stats': ...}) in the documented layout."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'wb') as file:
+    np.savez(file, **flatten_variables(variables))
+
+
+def load_variables(path: str, module, example) -> dict:
+  """Variables of `module` (applied to `example`) read from `path`, strictly checked."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Weights file {path!r} does not exist; expected an .npz in the '
+                            'layout of videoldm/evaluation/weights.py.')
+  expected = jax.eval_shape(lambda: module.init(jax.random.key(0), example))
+  expected = {name: tuple(leaf.shape) for name, leaf in flatten_variables_shapes(expected)}
+  with np.load(path) as file:
+    found = {name: file[name] for name in file.files}
+  missing = sorted(set(expected) - set(found))
+  unexpected = sorted(set(found) - set(expected))
+  wrong = sorted(name for name in set(expected) & set(found)
+                 if tuple(found[name].shape) != expected[name])
+  if missing or unexpected or wrong:
+    details = []
+    if missing:
+      details.append(f'{len(missing)} missing (e.g. {missing[0]!r})')
+    if unexpected:
+      details.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]!r})')
+    if wrong:
+      details.append(f'{len(wrong)} with other shapes (e.g. {wrong[0]!r}: '
+                     f'{tuple(found[wrong[0]].shape)} vs {expected[wrong[0]]})')
+    raise ValueError(f'Weights file {path!r} does not match {type(module).__name__}: '
+                     f'{"; ".join(details)}.')
+  return flax.traverse_util.unflatten_dict(
+      {name: np.asarray(value, np.float32) for name, value in found.items()}, sep='/')
+
+
+def flatten_variables_shapes(tree):
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/').items()
