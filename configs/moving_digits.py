@@ -31,8 +31,8 @@ PREVIOUS_STAGE = dict(image='autoencoder', video='image', interpolation='video',
                       decoder='autoencoder', upsampler='upsampler_image')
 TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
 # Train steps per stage for `quickstart` (batch 8 on a 2-core CPU).
-QUICKSTART_STEPS = dict(autoencoder=400, image=800, video=200, interpolation=150, decoder=100,
-                        upsampler_image=250, upsampler=80)
+QUICKSTART_STEPS = dict(autoencoder=300, image=800, video=200, interpolation=120, decoder=60,
+                        upsampler_image=200, upsampler=60)
 
 
 def autoencoder_model(runlocal: bool) -> ml_collections.ConfigDict:

@@ -26,7 +26,7 @@ _CONFIG = flags.DEFINE_string('config_file', None, 'Config script (default: the 
                               'configs/moving_digits.py).')
 _ARG = flags.DEFINE_string('config_arg', 'quickstart', 'Config argument added to stage=<name>.')
 _NUM_FRAMES = flags.DEFINE_integer('num_frames', 61, 'Frames of the generated video.')
-_LABELS = flags.DEFINE_list('labels', ['0', '3', '5', '7'], 'Digits to generate, one video each.')
+_LABELS = flags.DEFINE_list('labels', ['3', '7'], 'Digits to generate, one video each.')
 _UPSAMPLE = flags.DEFINE_bool('upsample', True, 'Apply the x4 video upsampler.')
 
 ORDER = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
