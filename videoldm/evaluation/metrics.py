@@ -20,10 +20,10 @@ class FeatureExtractor(Protocol):
   suffix: str
 
   def frame_features(self, videos) -> np.ndarray:
-    ...
+    """Per-frame features `(b, f, d)` of videos `(b, f, h, w, 3)` in [-1, 1]."""
 
   def clip_features(self, videos) -> np.ndarray:
-    ...
+    """Per-clip features `(b, d)` of videos `(b, f, h, w, 3)` in [-1, 1]."""
 
 
 def fid(extractor, generated, real) -> float:
