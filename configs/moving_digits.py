@@ -31,7 +31,7 @@ PREVIOUS_STAGE = dict(image='autoencoder', video='image', interpolation='video',
                       decoder='autoencoder', upsampler='upsampler_image')
 TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
 # Train steps per stage for `quickstart` (batch 8 on a 2-core CPU).
-QUICKSTART_STEPS = dict(autoencoder=300, image=800, video=200, interpolation=120, decoder=60,
+QUICKSTART_STEPS = dict(autoencoder=1000, image=800, video=200, interpolation=120, decoder=60,
                         upsampler_image=200, upsampler=60)
 
 
@@ -62,7 +62,9 @@ def upsampler_unet_model(runlocal: bool, max_noise_level: int) -> ml_collections
   """Pixel-space x4 upsampler: noisy RGB + resized low-res RGB in, noise level as class."""
   config = video_unet.video_unet_config('tiny')
   config.in_channels, config.out_channels = 6, 3
-  config.block_out_channels = (16, 32, 32) if runlocal else (32, 64, 64)
+  # Narrow at full resolution (128x128 costs 16x the 32x32 level per channel).
+  config.block_out_channels = (16, 32, 32) if runlocal else (16, 32, 64)
+  config.temporal.conv_kernel_size = (3, 1, 1)
   config.attention_levels = (False, False, True)
   config.num_attention_heads = (1, 2, 2)
   config.transformer_layers_per_block = (1, 1, 1)
@@ -162,6 +164,10 @@ def get_config(arg=None):
     config.optimizer.warmup_steps = config.total_steps // 10
     config.optimizer.lr = 5e-4
     config.ema_decay = 0.98  # Short runs: an EMA this short still smooths the last steps.
+    if arg.stage == 'autoencoder':  # From scratch, it needs the most steps of all stages.
+      config.optimizer.lr, config.optimizer.warmup_steps = 1e-3, 50
+    if arg.stage.startswith('upsampler'):  # Conditioned on the low-res frames: few steps do.
+      config.sampling.num_steps = 10
   config.model.calibrate_latent_scale = True
   config.model.label_dropout = 0.1
   config.model.context_probs = (0.2, 0.4, 0.4)  # P(S = 0), P(S = 1), P(S = 2).

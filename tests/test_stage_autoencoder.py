@@ -143,10 +143,12 @@ def _reference(stage, config, params, frames, rng):
 
 
 def _assert_trees_close(got, expected, rtol=1e-4):
+  # atol from the whole tree's scale: some leaves (attention key biases) have a
+  # gradient that is exactly 0 in theory and round-off noise in practice.
+  scale = max(float(np.max(np.abs(v))) for v in _flat(expected).values())
   for path, value in _flat(expected).items():
-    scale = float(np.max(np.abs(value))) + 1e-12
     np.testing.assert_allclose(np.asarray(_flat(got)[path]), np.asarray(value), rtol=rtol,
-                               atol=rtol * scale, err_msg=path)
+                               atol=1e-6 * scale, err_msg=path)
 
 
 def test_folded_loss_gives_each_param_group_exactly_its_own_gradient(wiring):

@@ -11,7 +11,8 @@ folded into ONE scalar for one optimiser over one param tree:
 generator's gradient and the discriminator exactly the hinge loss's.
 `d_weight = disc_weight * ||dnll/dW|| / (||dg/dW|| + 1e-4)` with W the
 decoder's last layer kernel (stop-gradient'd); `disc_factor` is 0 before
-`disc_start` (`adopt_weight`). `nll` is the mean absolute error per pixel.
+`disc_start` (`adopt_weight`), and before then the discriminator is not run at
+all (`lax.cond`; its metrics log as 0). `nll` is the mean absolute error per pixel.
 
 Config fields (`config.model.loss`, see `default_loss_config`): `kl_weight`,
 `disc_weight`, `disc_start`, `disc_loss` ('hinge' or 'vanilla'),
@@ -103,20 +104,28 @@ def gan_losses(real: jax.Array, fake: jax.Array, last_layer_vjp: Callable[[jax.A
   returns patch logits; `last_layer_vjp` maps a cotangent of `fake` to the
   gradient w.r.t. the decoder's last kernel.
   """
-  nll_fn = lambda x: jnp.mean(jnp.abs(real - x))
-  frozen_disc = jax.lax.stop_gradient(disc_params)
-  g_fn = lambda x: discriminator_lib.generator_adv_loss(discriminate(frozen_disc, x))
-  nll, nll_cotangent = jax.value_and_grad(nll_fn)(fake)
-  g_loss, g_cotangent = jax.value_and_grad(g_fn)(fake)
-  d_weight = loss_config.disc_weight * discriminator_lib.adaptive_weight(
-      last_layer_vjp(nll_cotangent), last_layer_vjp(g_cotangent))
+  nll = jnp.mean(jnp.abs(real - fake))
   disc_factor = discriminator_lib.adopt_weight(1.0, step, loss_config.disc_start)
-  generator = nll + disc_factor * d_weight * g_loss
 
-  logits_real = discriminate(disc_params, jax.lax.stop_gradient(real))
-  logits_fake = discriminate(disc_params, jax.lax.stop_gradient(fake))
-  d_loss = D_LOSSES[loss_config.disc_loss](logits_real, logits_fake)
-  metrics = dict(rec_loss=nll, g_loss=g_loss, d_loss=d_loss, d_weight=d_weight,
-                 disc_factor=disc_factor, logits_real=jnp.mean(logits_real),
-                 logits_fake=jnp.mean(logits_fake))
-  return generator, disc_factor * d_loss, metrics
+  def adversarial(fake):
+    frozen_disc = jax.lax.stop_gradient(disc_params)
+    nll_fn = lambda x: jnp.mean(jnp.abs(real - x))
+    g_fn = lambda x: discriminator_lib.generator_adv_loss(discriminate(frozen_disc, x))
+    nll_cotangent = jax.grad(nll_fn)(fake)
+    g_loss, g_cotangent = jax.value_and_grad(g_fn)(fake)
+    d_weight = loss_config.disc_weight * discriminator_lib.adaptive_weight(
+        last_layer_vjp(nll_cotangent), last_layer_vjp(g_cotangent))
+    logits_real = discriminate(disc_params, jax.lax.stop_gradient(real))
+    logits_fake = discriminate(disc_params, jax.lax.stop_gradient(fake))
+    d_loss = D_LOSSES[loss_config.disc_loss](logits_real, logits_fake)
+    return dict(g_loss=g_loss, d_loss=d_loss, d_weight=d_weight,
+                logits_real=jnp.mean(logits_real), logits_fake=jnp.mean(logits_fake))
+
+  def skipped(fake):  # Before disc_start: the discriminator is not run at all.
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(adversarial, fake))
+
+  # lax.cond runs one branch, so steps before `disc_start` cost only the nll.
+  terms = jax.lax.cond(disc_factor > 0, adversarial, skipped, fake)
+  generator = nll + disc_factor * terms['d_weight'] * terms['g_loss']
+  metrics = dict(terms, rec_loss=nll, disc_factor=disc_factor)
+  return generator, disc_factor * terms['d_loss'], metrics
