@@ -23,7 +23,7 @@ def write_scalars(writer: metric_writers.MetricWriter, step: int, report: dict,
 
 def ablations_markdown(table1: str, table3: str, *, command: str, steps: dict, seconds: float,
                        timings: dict, machine: str, nets: dict, num_videos: int,
-                       seed: int) -> str:
+                       seed: int, depth: int) -> str:
   """The "Ablations" section of bench/RESULTS.md."""
   timing_text = ', '.join(f'{name} {value:.0f} s' for name, value in timings.items())
   return f"""## Ablations at toy scale (paper Tables 1 and 3)
@@ -44,12 +44,17 @@ flicker; identity and label agreement are fractions (1 = perfect).
 
 {table1}
 
-### Table 3 analogue: temporal decoder (reconstructions of 8 consecutive frames)
+### Table 3 analogue: decoder and upsampler
+
+Decoder rows: reconstructions of 8 consecutive test frames (32 px) from the
+same latents. Upsampler rows: x4 upsampling of 4 consecutive test frames
+downsampled to 32 px, compared with the 128 px originals (L1 and flicker at
+128 px; FVD-md / FID-md after resizing to the nets' 32 px).
 
 {table3}
 
-The Table 3 upsampler rows (image vs video upsampler, 128 px) are not run: training
-two 128 px pixel-space upsamplers exceeds this shared 2-core CPU's budget. The
-attention-only row's depth is the closest match to ours' temporal parameter count
-that depth <= 3 allows (see the Trainable params column; not an exact match).
+Base stages (autoencoder, image LDM, decoder, upsamplers) are those of the
+README's quickstart; the video variants start from its image LDM. The
+attention-only row stacks {depth} temporal attention blocks per level, the
+depth whose parameter count is closest to ours (see Trainable params).
 """

@@ -1,0 +1,55 @@
+"""Training the stages of a run in order, each started from its predecessor.
+
+A run is a folder with one workdir per stage (`<run>/autoencoder`,
+`<run>/image`, ...) and the dataset in `<run>/data`; the quickstart and the
+ablation benchmark lay runs out this way and `videoldm.sample` reads them.
+Re-running resumes: finished stages are skipped by the trainer's resume.
+"""
+
+import os
+import time
+
+from absl import logging
+
+from videoldm import config_utils
+from videoldm.train import trainer
+
+ORDER = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
+         'upsampler')
+INIT_FROM = dict(image='autoencoder', video='image', interpolation='video',
+                 decoder='autoencoder', upsampler='upsampler_image')
+
+
+def default_config_file() -> str:
+  """The bundled `configs/moving_digits.py`."""
+  here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return os.path.join(here, 'configs', 'moving_digits.py')
+
+
+def stage_config(config_file: str, stage: str, arg: str, workdir: str):
+  """The stage's config, started from its predecessor's workdir."""
+  config = config_utils.load_config(f'{config_file}:stage={stage}' + (f',{arg}' if arg else ''))
+  overrides = {'data.data_dir': os.path.join(workdir, 'data')}
+  if stage in INIT_FROM:
+    overrides['init_from.workdir'] = os.path.join(workdir, INIT_FROM[stage])
+  return config_utils.override(config, **overrides)
+
+
+def train_all(workdir: str, config_file: str, arg: str, stages=ORDER) -> None:
+  """Trains `stages` in order, logging progress and an ETA over the whole run."""
+  unknown = [stage for stage in stages if stage not in ORDER]
+  if unknown:
+    raise ValueError(f'Unknown stages {unknown}; expected some of {ORDER}.')
+  start = time.time()
+  for index, stage in enumerate(stages):
+    config = stage_config(config_file, stage, arg, workdir)
+    logging.info('=== Stage %d/%d: %s (%d steps) ===', index + 1, len(stages), stage,
+                 config.total_steps)
+    state = trainer.train_and_evaluate(config, os.path.join(workdir, stage))
+    if int(state.step) < config.total_steps:  # Stopped by SIGTERM: the checkpoint is saved.
+      raise SystemExit(f'Stopped during stage {stage!r} at step {int(state.step)}; run the '
+                       'same command again to resume.')
+    elapsed = time.time() - start
+    eta = elapsed / (index + 1) * (len(stages) - index - 1)
+    logging.info('=== %s done; %.0f s elapsed, about %.0f s to go for training ===', stage,
+                 elapsed, eta)
