@@ -26,9 +26,9 @@ from videoldm.models import video_unet
 
 STAGES = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
           'upsampler')
-# The stage each stage starts from (its `init_from`), as the quickstart chains them.
-PREVIOUS_STAGE = dict(image='autoencoder', video='image', interpolation='video',
-                      decoder='autoencoder', upsampler='upsampler_image')
+# Each stage starts from its predecessor's workdir (`init_from`); the chain is
+# `videoldm.train.chain.INIT_FROM`. The decoder starts from the image stage, so
+# it fine-tunes the (latent-centred) autoencoder the LDM actually uses.
 TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
 # Train steps per stage for `quickstart` (batch 8 on a 2-core CPU).
 QUICKSTART_STEPS = dict(autoencoder=1000, image=800, video=200, interpolation=120, decoder=60,
@@ -109,7 +109,8 @@ def get_config(arg=None):
       'image': ([r'^unet/', r'^latent_scale$'], [r'^discriminator/']),
       'video': ([TEMPORAL], []),
       'interpolation': ([TEMPORAL], []),
-      'decoder': ([TEMPORAL, r'^discriminator/'], [r'^discriminator/']),
+      'decoder': ([TEMPORAL, r'^discriminator/'], [r'^discriminator/', r'^unet/',
+                                                    r'^latent_scale$']),
       'upsampler': ([TEMPORAL], []),
   }.get(arg.stage, ([], []))
 
@@ -169,6 +170,7 @@ def get_config(arg=None):
     if arg.stage.startswith('upsampler'):  # Conditioned on the low-res frames: few steps do.
       config.sampling.num_steps = 10
   config.model.calibrate_latent_scale = True
+  config.model.centre_latents = True  # Per-channel latent means folded into the autoencoder.
   config.model.label_dropout = 0.1
   config.model.context_probs = (0.2, 0.4, 0.4)  # P(S = 0), P(S = 1), P(S = 2).
   config.model.interpolation = dict(num_key_frames=2, strides=(4, 1))  # Regimes 0 and 1.

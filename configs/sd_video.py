@@ -123,6 +123,7 @@ def get_config(arg=None):
   config.model.caption_dropout = 0.1
   config.model.context_probs = (0.5, 0.25, 0.25)  # P(S = 0), P(S = 1), P(S = 2).
   config.model.calibrate_latent_scale = False  # SD's scaling_factor is kept.
+  config.model.centre_latents = False  # SD's VAE is used as released.
   config.model.remat = '' if runlocal else 'blocks'  # '' or 'blocks'.
   config.model.remat_policy = 'nothing_saveable'
   config.model.decode_chunk = 2 if runlocal else 8  # Frames per VAE decoder call.

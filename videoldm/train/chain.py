@@ -17,7 +17,7 @@ from videoldm.train import trainer
 ORDER = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
          'upsampler')
 INIT_FROM = dict(image='autoencoder', video='image', interpolation='video',
-                 decoder='autoencoder', upsampler='upsampler_image')
+                 decoder='image', upsampler='upsampler_image')
 
 
 def default_config_file() -> str:

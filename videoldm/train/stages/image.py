@@ -47,8 +47,8 @@ class ImageStage(base.Stage):
   def calibrate(self, params, batch):
     if not self.config.model.calibrate_latent_scale:
       return params
-    scale = latent.calibrated_latent_scale(self.autoencoder, params, batch['video'])
-    return dict(params, latent_scale=scale)
+    return latent.calibrate_latents(self.autoencoder, params, batch['video'],
+                                    centre=self.config.model.get('centre_latents', False))
 
   def loss_fn(self, params, batch, rng, step):
     del step

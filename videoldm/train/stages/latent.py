@@ -6,6 +6,14 @@ latent scale under `latent_scale` in its param tree, so a stage started with
 autoencoder config's `scaling_factor` and, with
 `config.model.calibrate_latent_scale`, is set once to 1 / std of the first
 batch's latents (`Stage.calibrate`), as the LDM paper does for its VAE.
+
+With `config.model.centre_latents` the calibration also removes the latents'
+per-channel mean (an autoencoder trained from scratch with a tiny KL weight
+puts constant offsets, larger than the variation, in its channels; diffusion
+then spends its signal on the offsets). The shift is folded into the frozen
+autoencoder's `quant_conv` / `post_quant_conv` biases (`centred_autoencoder`):
+posterior means move by -shift and decoding is exactly unchanged, so no new
+parameter or file format is needed.
 """
 
 import dataclasses
@@ -68,6 +76,38 @@ def calibrated_latent_scale(autoencoder, params, video: jax.Array) -> jax.Array:
   unscaled = dict(params, latent_scale=jnp.ones(()))
   z = encode_video(autoencoder, unscaled, video, key=None)
   return 1.0 / jnp.maximum(jnp.std(z), 1e-6)
+
+
+def latent_channel_means(autoencoder, params, video: jax.Array) -> jax.Array:
+  """Per-channel mean `(c,)` of the (unscaled) posterior means of `video`."""
+  unscaled = dict(params, latent_scale=jnp.ones(()))
+  return jnp.mean(encode_video(autoencoder, unscaled, video, key=None), axis=(0, 1, 2, 3))
+
+
+def centred_autoencoder(ae_params: dict, shift: jax.Array) -> dict:
+  """Autoencoder params whose posterior means are `mean - shift`; decoding is unchanged.
+
+  `quant_conv` (1x1, moments = [mean, logvar]) loses `shift` from its mean
+  biases; `post_quant_conv` (1x1, `W z + b`) gains `W shift`, so it maps
+  `z - shift` where it mapped `z` before.
+  """
+  if 'quant_conv' not in ae_params or 'post_quant_conv' not in ae_params:
+    raise ValueError('centre_latents needs an autoencoder with quant_conv and post_quant_conv '
+                     f'(use_quant_conv / use_post_quant_conv); got {sorted(ae_params)}.')
+  quant, post = ae_params['quant_conv'], ae_params['post_quant_conv']
+  channels = shift.shape[0]
+  quant_bias = quant['bias'].at[:channels].add(-shift)
+  post_bias = post['bias'] + jnp.einsum('c,cd->d', shift, post['kernel'][0, 0])  # (c,)
+  return {**ae_params, 'quant_conv': {**quant, 'bias': quant_bias},
+          'post_quant_conv': {**post, 'bias': post_bias}}
+
+
+def calibrate_latents(autoencoder, params: dict, video: jax.Array, centre: bool) -> dict:
+  """`params` with centred latents (when `centre`) and `latent_scale` = 1 / their std."""
+  if centre:
+    shift = latent_channel_means(autoencoder, params, video)
+    params = dict(params, autoencoder=centred_autoencoder(params['autoencoder'], shift))
+  return dict(params, latent_scale=calibrated_latent_scale(autoencoder, params, video))
 
 
 @dataclasses.dataclass(frozen=True)
