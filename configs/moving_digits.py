@@ -165,8 +165,10 @@ def get_config(arg=None):
     config.optimizer.warmup_steps = config.total_steps // 10
     config.optimizer.lr = 5e-4
     config.ema_decay = 0.98  # Short runs: an EMA this short still smooths the last steps.
-    if arg.stage == 'autoencoder':  # From scratch, it needs the most steps of all stages.
+    if arg.stage in ('autoencoder', 'image'):  # From scratch: the most steps, a higher lr.
       config.optimizer.lr, config.optimizer.warmup_steps = 1e-3, 50
+    if arg.stage == 'image':  # 32 single frames: 32 different digits per step, not 8.
+      config.batch_size, config.data.num_frames, config.data.frame_stride = 32, 1, 1
     if arg.stage.startswith('upsampler'):  # Conditioned on the low-res frames: few steps do.
       config.sampling.num_steps = 10
   config.model.calibrate_latent_scale = True
