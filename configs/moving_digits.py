@@ -31,7 +31,7 @@ STAGES = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsample
 # it fine-tunes the (latent-centred) autoencoder the LDM actually uses.
 TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
 # Train steps per stage for `quickstart` (batch 8 on a 2-core CPU).
-QUICKSTART_STEPS = dict(autoencoder=1000, image=800, video=200, interpolation=120, decoder=60,
+QUICKSTART_STEPS = dict(autoencoder=1000, image=2000, video=200, interpolation=120, decoder=60,
                         upsampler_image=200, upsampler=60)
 
 
