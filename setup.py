@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "imageio-ffmpeg>=0.8,<0.9",
     "Pillow>=11,<14",
     "scipy>=1.17,<2",
+    "regex>=2024.5",  # the CLIP tokenizer's pre-tokenisation pattern.
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,0 +1,57 @@
+"""Every third-party module the package imports at module level is a declared requirement.
+
+`make quickstart` installs only `install_requires`; a module imported by the
+library but installed only through the test extras breaks that command.
+"""
+
+import ast
+import importlib.metadata
+import pathlib
+import re
+import sys
+
+import setuptools
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _requirements() -> set[str]:
+  captured = {}
+  original = setuptools.setup
+  setuptools.setup = lambda **kwargs: captured.update(kwargs)
+  try:
+    source = (ROOT / 'setup.py').read_text()
+    exec(compile(source, 'setup.py', 'exec'), {'__name__': 'setup'})  # pylint: disable=exec-used
+  finally:
+    setuptools.setup = original
+  names = {re.split(r'[<>=\[;]', spec)[0].strip() for spec in captured['install_requires']}
+  return {_normalise(name) for name in names}
+
+
+def _normalise(name: str) -> str:
+  return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def _module_level_imports(path: pathlib.Path) -> set[str]:
+  tree = ast.parse(path.read_text())
+  names = set()
+  for node in tree.body:  # Imports inside functions are optional (lazy) ones.
+    if isinstance(node, ast.Import):
+      names.update(alias.name.split('.')[0] for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      names.add(node.module.split('.')[0])
+  return names
+
+
+def test_module_level_imports_are_install_requirements():
+  requirements = _requirements()
+  providers = importlib.metadata.packages_distributions()
+  missing = {}
+  for path in sorted((ROOT / 'videoldm').rglob('*.py')):
+    for module in _module_level_imports(path):
+      if module in sys.stdlib_module_names or module in ('videoldm', '__future__'):
+        continue
+      dists = {_normalise(d) for d in providers.get(module, [module])}
+      if not dists & requirements:
+        missing.setdefault(module, []).append(str(path.relative_to(ROOT)))
+  assert not missing, f'imported but not in install_requires: {missing}'
