@@ -32,7 +32,7 @@ STAGES = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsample
 TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
 # Train steps per stage for `quickstart` (batch 8 on a 2-core CPU).
 QUICKSTART_STEPS = dict(autoencoder=1000, image=2000, video=200, interpolation=120, decoder=60,
-                        upsampler_image=200, upsampler=60)
+                        upsampler_image=400, upsampler=60)
 
 
 def autoencoder_model(runlocal: bool) -> ml_collections.ConfigDict:
@@ -141,6 +141,10 @@ def get_config(arg=None):
   config.diffusion = dict(schedule='scaled_linear', num_train_steps=1000, beta_start=0.00085,
                           beta_end=0.012, prediction_type='eps', loss_weighting='none',
                           min_snr_gamma=5.0)
+  if arg.stage.startswith('upsampler'):
+    # Pixel space: eps errors are amplified by sigma / alpha (~15x at t = T) into
+    # the x0 estimate; v-prediction keeps it bounded (as SD 2's v-models).
+    config.diffusion.prediction_type = 'v'
   config.sampling = dict(num_steps=10 if arg.runlocal else 50, eta=0.0,
                          timestep_spacing='trailing', steps_offset=0, set_alpha_to_one=True,
                          guidance_scale=2.0, context_guidance=1.5, num_context=2,
@@ -165,7 +169,7 @@ def get_config(arg=None):
     config.optimizer.warmup_steps = config.total_steps // 10
     config.optimizer.lr = 5e-4
     config.ema_decay = 0.98  # Short runs: an EMA this short still smooths the last steps.
-    if arg.stage in ('autoencoder', 'image'):  # From scratch: the most steps, a higher lr.
+    if arg.stage in ('autoencoder', 'image', 'upsampler_image'):  # From scratch: higher lr.
       config.optimizer.lr, config.optimizer.warmup_steps = 1e-3, 50
     if arg.stage == 'image':  # 32 single frames: 32 different digits per step, not 8.
       config.batch_size, config.data.num_frames, config.data.frame_stride = 32, 1, 1
