@@ -40,9 +40,14 @@ def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool = T
 
 
 def group_norm(groups: int, eps: float, dtype, name: str | None = None) -> nn.GroupNorm:
-  """GroupNorm with PyTorch semantics (two-pass variance), params `scale`/`bias`."""
+  """GroupNorm (PyTorch's, params `scale`/`bias`) with a one-pass variance.
+
+  E[x^2] - E[x]^2 fuses both moments into one read of the activations: 12%
+  faster on the SD-layout VAE decode (bench/RESULTS.md, figure 1); parity with
+  diffusers stays within the tests' 1e-4 in float32.
+  """
   return nn.GroupNorm(num_groups=groups, epsilon=eps, dtype=dtype,
-                      use_fast_variance=False, name=name)
+                      use_fast_variance=True, name=name)
 
 
 def conv3x3(features: int, dtype, name: str | None = None, strides: int = 1) -> nn.Conv:
