@@ -105,6 +105,33 @@ def test_attention_rejects_unknown_implementation():
     attention.dot_product_attention(q, q, q, implementation='flash')
 
 
+@pytest.mark.parametrize('n, with_mask', [(300, False), (256, True)])
+def test_blocked_attention_matches_one_call_values_and_gradients(n, with_mask):
+  # 300 queries: 5 blocks of 64 (padded); 256 queries: 2 blocks of 128 sharing the key mask.
+  q, k, v = (jnp.asarray(_inputs(8, n, 4, 8, seed=s)) for s in range(3))
+  mask = jnp.asarray(np.random.default_rng(3).random((8, n)) > 0.3) if with_mask else None
+  run = lambda impl: lambda q, k, v: attention.dot_product_attention(q, k, v, mask, impl)
+  blocked, plain = run('blocked'), run('xla')
+  np.testing.assert_allclose(blocked(q, k, v), plain(q, k, v), atol=1e-5)
+  loss = lambda fn: lambda *a: jnp.sum(jnp.sin(fn(*a)))
+  for ours, theirs in zip(jax.grad(loss(blocked), (0, 1, 2))(q, k, v),
+                          jax.grad(loss(plain), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_attention_on_cpu_blocks_long_query_sequences_only():
+  q = jnp.zeros((8, 256, 8, 4))  # blocks of 64 queries
+  blocked = str(jax.make_jaxpr(attention.dot_product_attention)(q, q, q))
+  short = str(jax.make_jaxpr(attention.dot_product_attention)(q[:, :255], q, q))
+  assert 'scan' in blocked and 'scan' not in short
+
+
+def test_blocked_attention_rejects_a_mask_that_varies_over_queries():
+  q = jnp.zeros((1, 4, 1, 4))
+  with pytest.raises(ValueError, match=r'\(1, 1, 4, 4\)'):
+    attention.dot_product_attention(q, q, q, jnp.ones((1, 1, 4, 4), bool), 'blocked')
+
+
 def test_feed_forward_matches_geglu_feed_forward():
   torch_ff = ref.randomize_(d_attention.FeedForward(16, mult=4, activation_fn='geglu'))
   x = _inputs(2, 5, 16)
