@@ -4,8 +4,9 @@ Self-attention with q/k/v/out projections (`videoldm.models.attention.Attention`
 on a video of `f` frames at `s x s`, `c` channels: spatial attention over
 `(b f) (h w)` tokens plus temporal attention over `(b h w) f` tokens, vs one
 attention over `b (f h w)` tokens. FLOP ratio (f h w) / (h w + f) -> f.
-Full attention beyond 4096 tokens runs in query chunks of 2048 (same FLOPs,
-bounded memory).
+Both use the library's attention: on CPU, sequences of 256+ tokens run in
+query blocks (`attention.dot_product_attention`), which also bounds the
+memory of full attention over 16k tokens.
 
   python bench/factorized_attention.py [--repeats=3] [--channels=64]
 """
@@ -30,19 +31,6 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from videoldm.models import attention  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-CHUNK = 2048
-
-
-def chunked_attention(q, k, v):
-  """Attention in query chunks of CHUNK (q, k, v: (b, n, heads, d))."""
-  n = q.shape[1]
-  if n <= 2 * CHUNK:
-    return jax.nn.dot_product_attention(q, k, v)
-  chunks = einops.rearrange(q, 'b (m c) h d -> m b c h d', c=CHUNK)  # (m, b, CHUNK, h, d)
-  out = jax.lax.map(lambda qc: jax.nn.dot_product_attention(qc, k, v), chunks)
-  return einops.rearrange(out, 'm b c h d -> b (m c) h d')
-
-
 def main():
   c, heads = ARGS.channels, ARGS.heads
   layer = attention.Attention(heads, c // heads)
@@ -51,11 +39,7 @@ def main():
   def full_attention(p, video):
     b, f, h, w, _ = video.shape
     tokens = einops.rearrange(video, 'b f h w c -> b (f h w) c')  # (b, f h w, c)
-    q, k, v = (einops.rearrange(tokens @ p['params'][name]['kernel'], 'b n (h d) -> b n h d',
-                                h=heads) for name in ('to_q', 'to_k', 'to_v'))
-    out = einops.rearrange(chunked_attention(q, k, v), 'b n h d -> b n (h d)')
-    out = out @ p['params']['to_out_0']['kernel'] + p['params']['to_out_0']['bias']
-    return einops.rearrange(out, 'b (f h w) c -> b f h w c', f=f, h=h, w=w)
+    return einops.rearrange(layer.apply(p, tokens), 'b (f h w) c -> b f h w c', f=f, h=h, w=w)
 
   def factorised(p, video):
     b, f, h, w, _ = video.shape

@@ -53,7 +53,8 @@ def unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
     norm_num_groups, norm_eps: ResBlock / output GroupNorm.
     dropout: ResBlock dropout.
     prediction_type: 'eps', 'v' or 'x0' (metadata read by samplers and losses).
-    attention_implementation: None, 'xla' or 'cudnn'.
+    attention_implementation: None (automatic: query-blocked on CPU for long
+      sequences), 'xla', 'cudnn' or 'blocked' (`attention.dot_product_attention`).
     dtype: computation dtype name; params are float32.
   """
   config = ml_collections.ConfigDict(dict(
