@@ -10,9 +10,10 @@ GPU pass `--dtype=bfloat16` (compute dtype; params stay float32).
 
 Figure 3: the same video U-Net trained temporal-only (`config.trainable` =
 temporal regex) vs fully (`^unet/`): compiled FLOPs, optimiser-state bytes and
-step time.
+step time. `--paper_scale` adds the jaxpr FLOP ratio of the paper-size U-Nets
+('driving', 'sd_video'; forward + backward of the U-Net, no compile).
 
-  python bench/train_efficiency.py [--batch=4] [--channels=64,128] [--repeats=5]
+  python bench/train_efficiency.py [--batch=4] [--channels=64,128] [--repeats=5] [--paper_scale]
 """
 
 import argparse
@@ -30,6 +31,8 @@ PARSER.add_argument('--repeats', type=int, default=5)
 PARSER.add_argument('--matmul_size', type=int, default=1024)
 PARSER.add_argument('--figures', default='2,3')
 PARSER.add_argument('--conv_kernel', default='3,1,1', help='temporal conv (f, h, w)')
+PARSER.add_argument('--paper_scale', action='store_true',
+                    help='also count figure 3 FLOPs (jaxpr, no run) for the paper-size U-Nets')
 ARGS = PARSER.parse_args()
 if ARGS.threads:
   common.configure_cpu_threads(ARGS.threads)
@@ -121,6 +124,23 @@ def main():
     common.report('Figure 3: frozen-spatial saving',
                   ['training', 'trainable / all params', 'optimiser state', 'GFLOP (XLA cost)',
                    'GFLOP (jaxpr)', 'step time'], rows, notes3)
+  if ARGS.paper_scale:
+    paper_scale_rows()
+
+
+def paper_scale_rows():
+  """Figure 3 at the paper's sizes: U-Net forward + backward FLOPs, temporal-only / full."""
+  rows = []
+  for variant, height, width in (('driving', 16, 32), ('sd_video', 40, 64)):
+    temporal_flops, full_flops = (
+        train_setup.unet_gradient_flops(variant, ARGS.frames, height, width, temporal_only)
+        for temporal_only in (True, False))
+    rows.append([variant, f'{ARGS.frames} x {height}x{width}', f'{temporal_flops / 1e12:.2f}',
+                 f'{full_flops / 1e12:.2f}', f'{temporal_flops / full_flops:.3f}x'])
+  common.report('Figure 3 at paper scale (jaxpr FLOPs, U-Net only)',
+                ['U-Net', 'latents', 'TFLOP temporal-only', 'TFLOP full', 'ratio'], rows,
+                ['batch 1; (3, 1, 1) temporal convs as the configs; floor (2 + x) / 3 for a '
+                 'temporal share x of the forward FLOPs'])
 
 
 if __name__ == '__main__':

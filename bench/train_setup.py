@@ -8,11 +8,13 @@ attention einsums), following nested jaxprs (pjit, scan, remat, custom_vjp).
 import math
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from videoldm import config_utils
+from videoldm.models import video_unet
 from videoldm.train import sharding as sharding_lib
 from videoldm.train import stages
 from videoldm.train import trainer
@@ -93,3 +95,29 @@ def tree_bytes(tree) -> int:
 
 def tree_size(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree) if hasattr(x, 'shape'))
+
+
+def unet_gradient_flops(variant: str, frames: int, height: int, width: int,
+                        temporal_only: bool) -> float:
+  """Jaxpr FLOPs of one forward + backward of `VideoUNet(video_unet_config(variant))`.
+
+  Abstract (no arrays, no compile): batch 1 of `frames` latents `height x width`;
+  gradients of the temporal params only, or of all params.
+  """
+  config = video_unet.video_unet_config(variant)
+  model = video_unet.VideoUNet(config)
+  inputs = video_unet.example_inputs(config, 1, frames)
+  shapes = {'x': (1, frames, height, width, config.in_channels),
+            'context_latents': (1, frames, height, width, config.out_channels)}
+  if 'context' in inputs:
+    shapes['context'] = (1, 77, config.cross_attention_dim)
+  inputs = {k: jax.ShapeDtypeStruct(shapes.get(k, v.shape), v.dtype) for k, v in inputs.items()}
+  flat = flax.traverse_util.flatten_dict(video_unet.param_shapes(config), sep='/')
+  trained = {k: v for k, v in flat.items() if video_unet.is_temporal(k) or not temporal_only}
+  frozen = {k: v for k, v in flat.items() if k not in trained}
+
+  def loss(trained, frozen, inputs):
+    params = flax.traverse_util.unflatten_dict({**trained, **frozen}, sep='/')
+    return jnp.mean(jnp.square(model.apply({'params': params}, **inputs)))
+
+  return jaxpr_flops(jax.make_jaxpr(jax.grad(loss))(trained, frozen, inputs))

@@ -161,3 +161,17 @@ def test_bad_config_raises_value_error():
     unet_lib.validate_config(config)
   with pytest.raises(ValueError, match="'sdxl'"):
     unet_lib.unet_config('sdxl')
+
+
+def test_class_embedding_starts_at_unit_scale_like_torch_embedding():
+  # flax's default (std 1/sqrt(features)) left class labels ~16x weaker than the
+  # time embedding, and a from-scratch class-conditional LDM learned to ignore them.
+  config = unet_lib.unet_config('tiny')
+  config.update(num_class_embeds=11, block_out_channels=(8,), attention_levels=(False,),
+                norm_num_groups=4, num_attention_heads=(1,), transformer_layers_per_block=(1,))
+  variables = unet_lib.UNet(config).init(jax.random.key(0), **unet_lib.example_inputs(config),
+                                         class_labels=jnp.zeros((1,), jnp.int32))
+  table = variables['params']['class_embedding']['embedding']  # (11, 32)
+  assert table.shape == (11, 32)
+  assert 0.85 < float(np.std(table)) < 1.15
+  assert abs(float(np.mean(table))) < 0.15

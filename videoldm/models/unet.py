@@ -310,7 +310,10 @@ class UNet(nn.Module):
     if cfg.num_class_embeds:
       if class_labels is None:
         class_labels = jnp.full(timesteps.shape, null_class_label(cfg), jnp.int32)
+      # N(0, 1) as torch's nn.Embedding (diffusers): flax's default (std
+      # 1/sqrt(features)) starts the class signal ~16x below the time embedding.
       temb = temb + nn.Embed(cfg.num_class_embeds, 4 * channels, dtype=dtype,
+                             embedding_init=nn.initializers.normal(1.0),
                              name='class_embedding')(class_labels)
     return temb
 
