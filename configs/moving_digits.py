@@ -173,7 +173,7 @@ def get_config(arg=None):
       config.optimizer.lr, config.optimizer.warmup_steps = 1e-3, 50
     if arg.stage == 'image':  # 32 single frames: 32 different digits per step, not 8.
       config.batch_size, config.data.num_frames, config.data.frame_stride = 32, 1, 1
-      # Measured at 2000 steps (bench/RESULTS.md, figure 7): label agreement of
+      # Measured at 2000 steps (bench/RESULTS.md, "Quickstart image LDM"): label agreement of
       # samples 0.20 -> 0.37 with lr 2e-3 and Min-SNR-5 weighting.
       config.optimizer.lr = 2e-3
       config.diffusion.loss_weighting = 'min_snr'
