@@ -105,6 +105,29 @@ def test_clip_similarity_and_evaluate_name_their_bad_inputs(tmp_path):
     evaluate.evaluate(str(tmp_path), num_videos=1)
 
 
+def test_evaluate_generates_in_label_batches_at_the_requested_guidance(monkeypatch):
+  from videoldm import evaluate  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  class FakeVideoLDM:
+    def __init__(self, models, settings):
+      del models
+      seen.append(settings)
+      self.settings = settings
+
+    def frames(self):  # One (b, h, w, 3) array per frame; the value is the label.
+      labels = np.asarray(self.settings.labels, np.float32)
+      for _ in range(self.settings.num_frames):
+        yield np.broadcast_to(labels[:, None, None, None], (len(labels), 4, 4, 3))
+
+  monkeypatch.setattr(evaluate.video_ldm, 'VideoLDM', FakeVideoLDM)
+  videos = evaluate.generate({}, np.array([1, 2, 3]), num_frames=2, batch_size=2, seed=5,
+                             guidance=6.0)
+  assert videos.shape == (3, 2, 4, 4, 3)
+  np.testing.assert_array_equal(videos[:, 0, 0, 0, 0], [1, 2, 3])
+  assert [(s.labels, s.seed, s.guidance) for s in seen] == [((1, 2), 5, 6.0), ((3,), 7, 6.0)]
+
+
 class RecordingWriter:
   def __init__(self):
     self.scalars = {}
