@@ -5,6 +5,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -31,6 +32,28 @@ def test_num_context_follows_the_configured_probabilities():
   np.testing.assert_allclose(counts, [0.2, 0.4, 0.4], atol=0.015)
 
 
+def test_known_frames_enter_every_step_forward_noised_and_come_out_unchanged():
+  # An x0-model that answers every frame with its input's frame 0: the last DDIM step
+  # (alpha_prev = 1) returns it, so frame 1 shows what the model saw of the known frame 0.
+  config = ml_collections.ConfigDict(dict(
+      diffusion=dict(prediction_type='x0'),
+      sampling=dict(num_steps=4, eta=0.0, timestep_spacing='trailing', steps_offset=0,
+                    set_alpha_to_one=True)))
+  schedule = diffusion.make_schedule('scaled_linear', 1000)
+  known = jax.random.normal(jax.random.key(1), (2, 3, 4, 4, 2))
+  mask = latent.leading_frames_mask(jnp.array([1, 1]), 3)
+  model_fn = lambda x, t, cond: jnp.broadcast_to(x[:, :1], x.shape)
+  key = jax.random.key(2)
+  out = latent.ddim_sample_with_known(config, schedule, model_fn, [jnp.zeros((2,))], [],
+                                      known, mask, key)
+  last_t = diffusion.ddim_timesteps(1000, 4, 'trailing')[-1]
+  seen = schedule.alphas[last_t] * known[:, 0] + schedule.sigmas[last_t] * jax.random.normal(
+      key, known.shape)[:, 0]
+  np.testing.assert_array_equal(out[:, 0], known[:, 0])
+  np.testing.assert_allclose(out[:, 1], seen, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out[:, 2], seen, rtol=1e-5, atol=1e-5)
+
+
 def _perturbed_outputs(model, apply, latents, mask, frames, **kwargs):
   """Model outputs for the context latents and for them changed at `frames`."""
   x = jnp.ones_like(latents) * 0.1
@@ -54,6 +77,20 @@ def test_prediction_model_sees_exactly_its_s_context_frames(video_model):
   np.testing.assert_array_equal(base, hidden_changed)
   _, visible_changed = _perturbed_outputs(video_model, stage.apply_unet, latents, mask, [1])
   assert float(jnp.max(jnp.abs(visible_changed - base))) > 1e-4
+
+
+def test_prediction_loss_is_eq3_over_all_frames_context_included(video_model, monkeypatch):
+  stage = video_model.stage
+  f = stage.config.data.num_frames
+  batch = dict(video=jnp.zeros((2, f, 32, 32, 3)), labels=jnp.zeros((2, 1), jnp.int32))
+  monkeypatch.setattr(stage, 'context_mask',
+                      lambda key, b, f: latent.leading_frames_mask(jnp.full((b,), 2), f))
+  losses = []
+  for context_error in (0.0, 1.0):  # Predictions that differ on the context frames only.
+    monkeypatch.setattr(stage, 'apply_unet', lambda params, x, t, labels, context, mask, e=(
+        context_error): jnp.zeros_like(x).at[:, :2].add(e))
+    losses.append(float(stage.loss_fn(video_model.params, batch, jax.random.key(0), 0)[0]))
+  assert losses[1] > losses[0] + 0.1
 
 
 def test_interpolation_model_sees_exactly_the_key_frames_and_the_regime():

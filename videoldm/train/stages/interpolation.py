@@ -111,8 +111,7 @@ class InterpolationStage(base.Stage):
                                 unet_lib.null_class_label(self.config.model.unet))
     noised = latent.add_noise(self.schedule, z0, noise_key)
     prediction = self.apply_unet(params, noised.x_t, noised.t, labels, z0, mask, regime)
-    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised,
-                                 mask=1.0 - mask)
+    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised)
     return loss, {'regime_fine': jnp.mean(regime.astype(jnp.float32))}
 
   def sample(self, params, batch, rng):

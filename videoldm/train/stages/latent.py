@@ -130,9 +130,12 @@ def add_noise(schedule: diffusion.Schedule, x0: jax.Array, key: jax.Array) -> No
 
 
 def denoising_loss(config: ml_collections.ConfigDict, schedule: diffusion.Schedule,
-                   prediction: jax.Array, x0: jax.Array, noised: Noised,
-                   mask: jax.Array | None = None) -> jax.Array:
-  """Eq. 1 with the configured objective (eps or v) and weighting."""
+                   prediction: jax.Array, x0: jax.Array, noised: Noised) -> jax.Array:
+  """Eq. 1 with the configured objective (eps or v) and weighting, over every frame.
+
+  Prediction and interpolation models use it unmasked as the paper's Eq. 3:
+  context frames count too (the model learns to reproduce what it is given).
+  """
   d = config.diffusion
   alpha = diffusion.expand_to(noised.alpha, x0.ndim)
   sigma = diffusion.expand_to(noised.sigma, x0.ndim)
@@ -140,7 +143,7 @@ def denoising_loss(config: ml_collections.ConfigDict, schedule: diffusion.Schedu
   return diffusion.diffusion_loss(
       prediction, target, log_snr=schedule.log_snr(noised.t),
       prediction_type=d.prediction_type, weighting=d.loss_weighting,
-      min_snr_gamma=d.min_snr_gamma, mask=mask)
+      min_snr_gamma=d.min_snr_gamma)
 
 
 def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
@@ -174,3 +177,30 @@ def ddim_sample(config: ml_collections.ConfigDict, schedule: diffusion.Schedule,
       denoise, noise, key, schedule, num_steps=s.num_steps, eta=s.eta,
       prediction_type=config.diffusion.prediction_type, timestep_spacing=s.timestep_spacing,
       steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one)
+
+
+def ddim_sample_with_known(config: ml_collections.ConfigDict, schedule: diffusion.Schedule,
+                           model_fn, conds, scales, known: jax.Array, mask: jax.Array,
+                           key: jax.Array) -> jax.Array:
+  """`ddim_sample` of latents `(b, f, h, w, c)` whose `mask` `(b, f)` frames are given.
+
+  At every step the given frames enter the model forward-noised,
+  `x_t = alpha_t known + sigma_t eps` with one fixed eps, exactly as the model
+  saw context frames in training (the sampler's own estimate of them is never
+  fed back), and they are copied unchanged into the result.
+  """
+  noise = jax.random.normal(key, known.shape)
+  keep = mask[:, :, None, None, None]
+  guided = diffusion.make_guided_denoiser(model_fn, conds, scales)
+
+  def denoise(x_t, t):
+    alpha = diffusion.expand_to(schedule.alpha(t), known.ndim)
+    sigma = diffusion.expand_to(schedule.sigma(t), known.ndim)
+    return guided(keep * (alpha * known + sigma * noise) + (1.0 - keep) * x_t, t)
+
+  s = config.sampling
+  z = diffusion.ddim_sample(
+      denoise, noise, key, schedule, num_steps=s.num_steps, eta=s.eta,
+      prediction_type=config.diffusion.prediction_type, timestep_spacing=s.timestep_spacing,
+      steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one)
+  return keep * known + (1.0 - keep) * z

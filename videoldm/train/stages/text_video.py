@@ -200,8 +200,7 @@ class TextVideoStage(video_stage.VideoStage):
       mask = self.context_mask(mask_key, b, f)
     noised = latent.add_noise(self.schedule, z0, noise_key)
     prediction = self.apply_unet(params, noised.x_t, noised.t, text_context, z0, mask)
-    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised,
-                                 mask=1.0 - mask)
+    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised)
     return loss, {'context_frames': jnp.mean(jnp.sum(mask, axis=1)),
                   'captions_dropped': jnp.mean(drop.astype(jnp.float32))}
 
@@ -210,7 +209,8 @@ class TextVideoStage(video_stage.VideoStage):
 
     Branches (least conditioned first): empty prompt without context; empty
     prompt with context; prompt with context (the middle one only when the
-    model takes context frames). Known frames are copied into the result.
+    model takes context frames). Known frames enter each step forward-noised
+    and are copied into the result (`latent.ddim_sample_with_known`).
     """
     b = ids.shape[0]
     text = self.encode_text(params, ids)
@@ -228,10 +228,8 @@ class TextVideoStage(video_stage.VideoStage):
       context = jnp.concatenate([context_latents] * repeats, axis=0)
       return self.apply_unet(params, x, t, text_context, context, cond_mask)
 
-    noise = jax.random.normal(rng, context_latents.shape)
-    z = latent.ddim_sample(self.config, self.schedule, model_fn, conds, scales, noise, rng)
-    keep = mask[:, :, None, None, None]
-    return keep * context_latents + (1.0 - keep) * z
+    return latent.ddim_sample_with_known(self.config, self.schedule, model_fn, conds, scales,
+                                         context_latents, mask, rng)
 
   def sample(self, params, batch, rng):
     """Each eval clip from its caption (and its first `sampling.num_context` frames)."""

@@ -62,8 +62,7 @@ class VideoStage(base.Stage):
     mask = self.context_mask(mask_key, b, f)
     noised = latent.add_noise(self.schedule, z0, noise_key)
     prediction = self.apply_unet(params, noised.x_t, noised.t, labels, z0, mask)
-    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised,
-                                 mask=1.0 - mask)
+    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised)
     return loss, {'context_frames': jnp.mean(jnp.sum(mask, axis=1))}
 
   def sample(self, params, batch, rng):
@@ -84,7 +83,8 @@ def sample_with_context(config, schedule, apply_unet, params, context_latents, m
   """DDIM with context guidance (Eq. 4) and label guidance, one model call per step.
 
   Branches (least conditioned first): no context and null label; context and
-  null label; context and label. Known frames are copied into the result.
+  null label; context and label. Known frames enter each step forward-noised
+  and are copied into the result (`latent.ddim_sample_with_known`).
   """
   null_label = unet_lib.null_class_label(config.model.unet)
   no_mask = jnp.zeros_like(mask)
@@ -101,10 +101,8 @@ def sample_with_context(config, schedule, apply_unet, params, context_latents, m
     regimes = jnp.concatenate([regime] * repeats, axis=0)
     return apply_unet(params, x, t, cond_labels, context, cond_mask, regimes)
 
-  noise = jax.random.normal(rng, context_latents.shape)
-  z = latent.ddim_sample(config, schedule, model_fn, conds, scales, noise, rng)
-  keep = mask[:, :, None, None, None]
-  return keep * context_latents + (1.0 - keep) * z
+  return latent.ddim_sample_with_known(config, schedule, model_fn, conds, scales,
+                                      context_latents, mask, rng)
 
 
 stages.register_stage('video', VideoStage)

@@ -1,0 +1,131 @@
+r"""Quickstart stage variants: how recognisable and how steady are their digits?
+
+Retrains one quickstart stage (configs/moving_digits.py with `quickstart`)
+from a quickstart run's previous stage with config overrides, then scores it
+with the project's digit nets (`evaluation/digits.py`) on 48 test clips:
+
+  --stage=image  4 independent label-conditioned frames per clip: label
+                 agreement (frames classified as their label; real ~0.96,
+                 chance 0.10) and FID-md against the real clips.
+  --stage=autoencoder  posterior-mean reconstructions of the clips: label
+                 agreement, FID-md and the L1 error on digit pixels
+                 (`digit_l1`, where colour errors show; the background is
+                 most pixels).
+  --stage=video  the prediction model continues each clip's first real frame
+                 to 8 key frames (1 context frame, the config's guidance):
+                 identity (clips whose digit never changes; real 1.0), label
+                 agreement, FVD-md, FID-md and frame-to-frame feature change.
+
+`--variant=run` scores the run's own stage without training.
+
+  python bench/quickstart_variants.py --base_run=/tmp/videoldm_quickstart \
+      --stage=image --variant=lr2e3 --overrides='{"optimizer.lr": 0.002}' \
+      [--sampling='{"guidance_scale": 4.0}']
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from videoldm import config_utils
+from videoldm.data import pipeline
+from videoldm.evaluation import digits
+from videoldm.evaluation import metrics
+from videoldm.pipelines import loading
+from videoldm.train import trainer
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+from configs import moving_digits  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_BASE_RUN = flags.DEFINE_string('base_run', '/tmp/videoldm_quickstart',
+                                'Quickstart run: its autoencoder, data and feature nets.')
+_WORKDIR = flags.DEFINE_string('workdir', '/tmp/videoldm_variants', 'Variant runs.')
+_VARIANT = flags.DEFINE_string('variant', 'run', "Variant name; 'run' = the base run's image "
+                               'stage as trained.')
+_STAGE = flags.DEFINE_enum('stage', 'image', ['autoencoder', 'image', 'video'],
+                               'Quickstart stage to vary.')
+_OVERRIDES = flags.DEFINE_string('overrides', '{}', 'JSON config overrides of the stage.')
+_SAMPLING = flags.DEFINE_string('sampling', '{}', 'JSON overrides of config.sampling.')
+_NUM_CLIPS = flags.DEFINE_integer('num_clips', 48, 'Test clips (labels) scored.')
+_FRAMES_PER_CLIP = flags.DEFINE_integer('frames_per_clip', 4, 'Independent samples per clip.')
+
+
+PREVIOUS_STAGE = {'autoencoder': None, 'image': 'autoencoder', 'video': 'image'}
+METRICS = {'autoencoder': ('digit_l1', 'label_agreement', 'fid_md'),
+           'image': ('label_agreement', 'fid_md'),
+           'video': ('identity', 'label_agreement', 'fvd_md', 'fid_md', 'feature_change')}
+
+
+def train_variant(workdir: str, overrides: dict) -> float:
+  """Trains the stage with `overrides` into `workdir` unless done; seconds."""
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    return 0.0
+  config = moving_digits.get_config(f'stage={_STAGE.value},quickstart')
+  values = {'data.data_dir': os.path.join(_BASE_RUN.value, 'data'), **overrides}
+  if PREVIOUS_STAGE[_STAGE.value]:
+    values['init_from.workdir'] = os.path.join(_BASE_RUN.value, PREVIOUS_STAGE[_STAGE.value])
+  start = time.time()
+  trainer.train_and_evaluate(config_utils.override(config, **values), workdir)
+  return time.time() - start
+
+
+def score(workdir: str, sampling: dict) -> dict:
+  """`METRICS[stage]` of label-conditioned samples of `workdir`'s stage."""
+  model = loading.load_stage(workdir)
+  stage = model.stage
+  if sampling:
+    stage = type(stage)(config_utils.override(
+        stage.config, **{f'sampling.{k}': v for k, v in sampling.items()}))
+  data_config = config_utils.override(moving_digits.get_config('stage=video,quickstart'), **{
+      'data.data_dir': os.path.join(_BASE_RUN.value, 'data')}).data
+  clips = next(pipeline.make_dataset(data_config, 'test', _NUM_CLIPS.value, shuffle=False,
+                                     seed=0))
+  clips = {k: v for k, v in clips.items() if v.dtype != object}
+  if _STAGE.value == 'autoencoder':
+    frames = jax.jit(lambda: stage.sample(model.params, clips, None)['reconstruction'])()
+  elif _STAGE.value == 'video':  # Continue the first real frame: (b, f, h, w, 3).
+    stage = type(stage)(config_utils.override(stage.config, **{'sampling.num_context': 1}))
+    frames = jax.jit(lambda key: stage.sample(model.params, clips, key)['prediction'])(
+        jax.random.key(0))
+  else:
+    sample = jax.jit(lambda key: stage.sample(model.params, clips, key)['samples'][:, 0])
+    frames = np.stack([sample(jax.random.fold_in(jax.random.key(0), i))
+                       for i in range(_FRAMES_PER_CLIP.value)], axis=1)  # (b, k, h, w, 3)
+  nets = digits.load_or_train(digits.spec_from_data_config(data_config),
+                              os.path.join(_BASE_RUN.value, 'feature_nets'), seed=0)
+  values = metrics.digit_video_metrics(nets, np.clip(frames, -1, 1), np.asarray(clips['video']),
+                                       labels=clips['labels'])
+  real = np.asarray(clips['video'])
+  digit_pixels = (real > -0.9).any(axis=-1)  # (b, f, h, w)
+  values['digit_l1'] = float(np.abs(np.asarray(frames) - real).mean(axis=-1)[digit_pixels].mean())
+  return {k: values[k] for k in METRICS[_STAGE.value]}
+
+
+def main(argv):
+  del argv
+  overrides, sampling = json.loads(_OVERRIDES.value), json.loads(_SAMPLING.value)
+  if _VARIANT.value == 'run':
+    if overrides:
+      raise ValueError(f"--overrides={_OVERRIDES.value} needs a --variant name other than 'run'.")
+    workdir, seconds = os.path.join(_BASE_RUN.value, _STAGE.value), 0.0
+  else:
+    workdir = os.path.join(_WORKDIR.value, _STAGE.value, _VARIANT.value)
+    seconds = train_variant(workdir, overrides)
+  values = score(workdir, sampling)
+  logging.info('%s %s %s %s: %s (trained in %.0f s)', _STAGE.value, _VARIANT.value, overrides,
+               sampling, ', '.join(f'{k} {v:.3f}' for k, v in values.items()), seconds)
+  sys.stdout.write(json.dumps(dict(stage=_STAGE.value, variant=_VARIANT.value,
+                                   overrides=overrides, sampling=sampling, seconds=seconds,
+                                   **values)) + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main)
