@@ -69,9 +69,10 @@ def train_variant(workdir: str, overrides: dict) -> float:
   if os.path.isdir(os.path.join(workdir, 'checkpoints')):
     return 0.0
   config = moving_digits.get_config(f'stage={_STAGE.value},quickstart')
-  values = {'data.data_dir': os.path.join(_BASE_RUN.value, 'data'), **overrides}
+  values = {'data.data_dir': os.path.join(_BASE_RUN.value, 'data')}
   if PREVIOUS_STAGE[_STAGE.value]:
     values['init_from.workdir'] = os.path.join(_BASE_RUN.value, PREVIOUS_STAGE[_STAGE.value])
+  values.update(overrides)  # May name another `init_from.workdir`.
   start = time.time()
   trainer.train_and_evaluate(config_utils.override(config, **values), workdir)
   return time.time() - start
@@ -103,9 +104,11 @@ def score(workdir: str, sampling: dict) -> dict:
                               os.path.join(_BASE_RUN.value, 'feature_nets'), seed=0)
   values = metrics.digit_video_metrics(nets, np.clip(frames, -1, 1), np.asarray(clips['video']),
                                        labels=clips['labels'])
-  real = np.asarray(clips['video'])
-  digit_pixels = (real > -0.9).any(axis=-1)  # (b, f, h, w)
-  values['digit_l1'] = float(np.abs(np.asarray(frames) - real).mean(axis=-1)[digit_pixels].mean())
+  if _STAGE.value == 'autoencoder':
+    real = np.asarray(clips['video'])
+    digit_pixels = (real > -0.9).any(axis=-1)  # (b, f, h, w)
+    errors = np.abs(np.asarray(frames) - real).mean(axis=-1)  # (b, f, h, w)
+    values['digit_l1'] = float(errors[digit_pixels].mean())
   return {k: values[k] for k in METRICS[_STAGE.value]}
 
 
