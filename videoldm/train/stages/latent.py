@@ -171,8 +171,12 @@ def sample_num_context(key: jax.Array, batch_size: int, probabilities) -> jax.Ar
 def ddim_sample(config: ml_collections.ConfigDict, schedule: diffusion.Schedule, model_fn,
                 conds, scales, noise: jax.Array, key: jax.Array) -> jax.Array:
   """DDIM (config.sampling) with nested guidance over `conds` (least conditioned first)."""
+  return _configured_ddim(config, schedule, diffusion.make_guided_denoiser(model_fn, conds, scales),
+                          noise, key)
+
+
+def _configured_ddim(config, schedule, denoise, noise, key):
   s = config.sampling
-  denoise = diffusion.make_guided_denoiser(model_fn, conds, scales)
   return diffusion.ddim_sample(
       denoise, noise, key, schedule, num_steps=s.num_steps, eta=s.eta,
       prediction_type=config.diffusion.prediction_type, timestep_spacing=s.timestep_spacing,
@@ -198,9 +202,5 @@ def ddim_sample_with_known(config: ml_collections.ConfigDict, schedule: diffusio
     sigma = diffusion.expand_to(schedule.sigma(t), known.ndim)
     return guided(keep * (alpha * known + sigma * noise) + (1.0 - keep) * x_t, t)
 
-  s = config.sampling
-  z = diffusion.ddim_sample(
-      denoise, noise, key, schedule, num_steps=s.num_steps, eta=s.eta,
-      prediction_type=config.diffusion.prediction_type, timestep_spacing=s.timestep_spacing,
-      steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one)
+  z = _configured_ddim(config, schedule, denoise, noise, key)
   return keep * known + (1.0 - keep) * z
