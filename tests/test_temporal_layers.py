@@ -264,14 +264,37 @@ def test_frame_position_embedding_and_regime():
     module.apply(params, 4, 2)
 
 
+def _apply_injected(module, params, x, extra, injection):
+  """`module(x, F, extra, ..., injection=injection)` (extra: text or temb)."""
+  return jax.jit(lambda p, x, e, i: module.apply({'params': p}, x, F, e, injection=i))(
+      params, x, extra, injection)
+
+
+@pytest.mark.parametrize('layer', ['transformer', 'resblock'])
+def test_injection_enters_the_residual_branch_only(layer, frames, text, request):
+  """layer(z, injection=i) == layer(z + i) - i: the skip carries z alone."""
+  module, params, trained, *temb = request.getfixturevalue(layer)
+  extra = temb[0] if temb else text
+  injection = jax.random.normal(jax.random.key(30), frames.shape)
+  np.testing.assert_array_equal(_apply_injected(module, params, frames, extra, injection),
+                                frames)  # Zero output projection: the context is ignored.
+  injected = _apply_injected(module, trained, frames, extra, injection)
+  reference = _apply(module, trained, frames + injection, F, extra) - injection
+  np.testing.assert_allclose(injected, reference, rtol=1e-5, atol=1e-5)
+  assert jnp.abs(injected - _apply(module, trained, frames, F, extra)).max() > 1e-2
+  with pytest.raises(ValueError, match=r'injection has shape \(6, 8, 8, 16\); expected the '
+                     r'input shape \(6, 8, 8, 32\)'):
+    _apply_injected(module, params, frames, extra, injection[..., :16])
+
+
 class _VideoBlock(nn.Module):
   """How a U-Net level wires a temporal layer, its blender and context."""
 
   @nn.compact
   def __call__(self, z, num_frames, context_features):
-    injected = z + temporal.ContextInjection(C, name='context_proj_0')(context_features)
+    injection = temporal.ContextInjection(C, name='context_proj_0')(context_features)
     z_temporal = temporal.TemporalTransformer(
-        2, 16, name='temporal_transformers_0')(injected, num_frames)
+        2, 16, name='temporal_transformers_0')(z, num_frames, injection=injection)
     return temporal.AlphaBlender(name='time_mixer_transformers_0')(z, z_temporal)
 
 
@@ -293,13 +316,25 @@ def test_context_encoder_levels_and_fresh_injection(context_model):
   features = jax.jit(encoder.apply)(encoder_params,
                                     temporal.masked_context(latents, jnp.ones((B, F))))
   assert [f.shape for f in features] == [(B * F, 16, 16, 8), (B * F, 8, 8, 16)]
-  injection = temporal.ContextInjection(C)
-  params = injection.init(jax.random.key(0), features[1])
-  np.testing.assert_array_equal(injection.apply(params, features[1]), 0.0)
   np.testing.assert_allclose(_apply(block, block_params, frames, F, features[1]), frames,
-                             rtol=1e-6, atol=1e-6)
+                             rtol=1e-6, atol=1e-6)  # A fresh block is the image model.
   paths = ['/'.join(p) for p in flax.traverse_util.flatten_dict(block_params)]
   assert all(TRAINABLE.search(path) for path in paths)
+
+
+def test_fresh_output_projection_learns_from_the_context_at_once(context_model):
+  """The context path is first order: the zero-init `proj_out` gradient sees it."""
+  encoder, encoder_params, block, block_params, frames, latents = context_model
+  first_frame = jnp.zeros((B, F)).at[:, 0].set(1.0)
+  target = jax.random.normal(jax.random.key(31), frames.shape)
+
+  @jax.jit
+  def proj_out_grad(latents):
+    features = encoder.apply(encoder_params, temporal.masked_context(latents, first_frame))
+    loss = lambda p: jnp.sum(block.apply({'params': p}, frames, F, features[1]) * target)
+    return jax.grad(loss)(block_params)['temporal_transformers_0']['proj_out']['kernel']
+
+  assert jnp.abs(proj_out_grad(latents) - proj_out_grad(latents * 3.0 + 1.0)).max() > 1e-3
 
 
 def test_zero_mask_hides_latents_through_injection(context_model):

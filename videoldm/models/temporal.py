@@ -20,10 +20,14 @@ the spatial layer they follow (e.g. inside `down_blocks_0`):
 Prediction / interpolation models (Sec. 3.2, 3.3) add one `context_encoder`
 at the top of the U-Net, fed `masked_context(latents, mask)`, and next to each
 temporal layer a `ContextInjection` named `context_proj_resnets_{i}` /
-`context_proj_transformers_{i}`; at resolution level l (0 = latent size):
-  x_in = z + context_proj(features[l])                  # zero at init
-  z_temporal = temporal_layer(x_in, num_frames, ...)
+`context_proj_transformers_{i}`; at resolution level l (0 = latent size) the
+context enters the temporal branch only, not its skip:
+  injection = context_proj(features[l])
+  z_temporal = temporal_layer(z, num_frames, ..., injection=injection)
+             = z + residual(z + injection)              # residual zero at init
   out = time_mixer(z, z_temporal, image_only_indicator)
+so a fresh model is the image model, yet the zero-initialised output of the
+residual already gets a gradient that depends on the context frames.
 Inside, `TemporalTransformer` holds `time_pos_embed` (frame embedding MLP).
 """
 
@@ -65,6 +69,12 @@ def _check_groups(channels: int, groups: int) -> None:
 def _check_frames_input(x: jax.Array, name: str) -> None:
   if x.ndim != 4:
     raise ValueError(f'{name} expects frames of shape ((b f), h, w, c), got shape {x.shape}.')
+
+
+def _check_injection(x: jax.Array, injection: jax.Array | None, name: str) -> None:
+  if injection is not None and injection.shape != x.shape:
+    raise ValueError(f'{name} injection has shape {injection.shape}; expected the input '
+                     f'shape {x.shape}.')
 
 
 class AlphaBlender(nn.Module):
@@ -191,7 +201,8 @@ class TemporalTransformerBlock(nn.Module):
 class TemporalTransformer(nn.Module):
   """Temporal self-attention layer (paper Fig. 4); returns `z' = x + residual`.
 
-  `(b f) h w c` -> GroupNorm `norm` (per frame) -> Dense `proj_in` to
+  `(b f) h w c` (+ `injection`, context features of the same shape, in the
+  residual branch only) -> GroupNorm `norm` (per frame) -> Dense `proj_in` to
   `num_heads * head_dim` -> + `time_pos_embed` (frame index, optional regime)
   -> `depth` x `TemporalTransformerBlock` (`transformer_blocks_{i}`) attending
   over `(b h w) f c` -> zero-initialised Dense `proj_out` -> + x.
@@ -211,14 +222,17 @@ class TemporalTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, num_frames: int, context: jax.Array | None = None,
-               regime: jax.Array | None = None) -> jax.Array:
+               regime: jax.Array | None = None,
+               injection: jax.Array | None = None) -> jax.Array:
     _check_frames_input(x, 'TemporalTransformer')
+    _check_injection(x, injection, 'TemporalTransformer')
     batch_frames, height, width, channels = x.shape
     b = _num_videos(batch_frames, num_frames)
     _check_groups(channels, self.norm_groups)
     context = self._video_context(context, b, num_frames)
     inner = self.num_heads * self.head_dim
-    hidden = layers.group_norm(self.norm_groups, 1e-6, self.dtype, 'norm')(x)
+    hidden = x if injection is None else x + injection
+    hidden = layers.group_norm(self.norm_groups, 1e-6, self.dtype, 'norm')(hidden)
     hidden = nn.Dense(inner, dtype=self.dtype, name='proj_in')(hidden)
     hidden = einops.rearrange(hidden, '(b f) h w c -> b (h w) f c', f=num_frames)
     if self.use_frame_pos_embed:
@@ -262,7 +276,8 @@ class TemporalResBlock(nn.Module):
   GroupNorm statistics span the whole clip (as PyTorch GroupNorm on
   `b c f h w`). Convs pad `k // 2` on every axis, so any frame count works.
   `temb` is per example `(b, d)` or per frame `((b f), d)`; pass None (the
-  temporal decoder) to build the block without `time_emb_proj`.
+  temporal decoder) to build the block without `time_emb_proj`. `injection`
+  (context features shaped like `x`) is added to the residual branch's input.
   Input channels must equal `out_channels` (the result is blended with `x`).
   """
 
@@ -275,8 +290,9 @@ class TemporalResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, num_frames: int, temb: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, injection: jax.Array | None = None) -> jax.Array:
     _check_frames_input(x, 'TemporalResBlock')
+    _check_injection(x, injection, 'TemporalResBlock')
     batch_frames, channels = x.shape[0], x.shape[-1]
     b = _num_videos(batch_frames, num_frames)
     if channels != self.out_channels:
@@ -291,7 +307,8 @@ class TemporalResBlock(nn.Module):
     conv = lambda name, init=nn.initializers.lecun_normal(): nn.Conv(
         self.out_channels, tuple(self.kernel_size), padding=padding, dtype=self.dtype,
         kernel_init=init, name=name)
-    video = einops.rearrange(x, '(b f) h w c -> b f h w c', f=num_frames)
+    branch = x if injection is None else x + injection
+    video = einops.rearrange(branch, '(b f) h w c -> b f h w c', f=num_frames)
     hidden = layers.group_norm(self.groups, self.eps, self.dtype, 'norm1')(video)
     hidden = conv('conv1')(nn.silu(hidden))
     if temb is not None:
@@ -361,10 +378,12 @@ class ContextEncoder(nn.Module):
 
 
 class ContextInjection(nn.Module):
-  """Zero-initialised 1x1 conv (params `kernel (1, 1, C_l, channels)`, `bias`).
+  """1x1 conv (params `kernel (1, 1, C_l, channels)`, LeCun-normal; `bias`, zero).
 
-  Maps context features `((b f), h, w, C_l)` to the temporal layer's width; a
-  fresh model therefore ignores the context.
+  Maps context features `((b f), h, w, C_l)` to the temporal layer's width.
+  The result feeds the temporal residual branch, whose output projection is
+  zero at init, so a fresh model still ignores the context; a non-zero kernel
+  lets that output projection learn from the context from the first step.
   """
 
   channels: int
@@ -373,7 +392,7 @@ class ContextInjection(nn.Module):
   @nn.compact
   def __call__(self, features: jax.Array) -> jax.Array:
     _check_frames_input(features, 'ContextInjection')
-    kernel = self.param('kernel', nn.initializers.zeros,
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (1, 1, features.shape[-1], self.channels))
     bias = self.param('bias', nn.initializers.zeros, (self.channels,))
     features = features.astype(self.dtype)

@@ -18,8 +18,9 @@ attention-only ablation temporal mixing at every level).
 
 Prediction / interpolation models (`temporal.context_frames`, Sec. 3.2-3.3)
 form `c_S = (m_S * z, m_S)` from `context_latents` and `context_mask`, encode
-it once (`context_encoder`, one map per level) and add it, through a
-zero-initialised `context_proj_*_i`, to the input of every temporal layer.
+it once (`context_encoder`, one map per level) and add it, through a 1x1
+`context_proj_*_i`, to the residual-branch input of every temporal layer
+(not its skip, so a fresh model is still the image model).
 `temporal.regime_conditioning` embeds a scalar per video (interpolation regime
 or fps) with the frame-position embedding.
 """
@@ -212,23 +213,24 @@ class TemporalMixin:
         self.context_proj_transformers = projections(count)
 
   def mix(self, kind: str, index: int, z, temporal_layer, frames: FrameInfo):
-    """`alpha * z + (1 - alpha) * temporal_layer(z + context_proj(c_S features))`."""
-    x_in = z
+    """`alpha * z + (1 - alpha) * temporal_layer(z, injection=context_proj(c_S features))`."""
+    injection = None
     if self.options.context_frames:
-      x_in = z + getattr(self, f'context_proj_{kind}')[index](frames.context_features)
-    z_temporal = temporal_layer(x_in)
+      injection = getattr(self, f'context_proj_{kind}')[index](frames.context_features)
+    z_temporal = temporal_layer(z, injection)
     return getattr(self, f'time_mixer_{kind}')[index](
         z, z_temporal, frames.image_only_indicator, frames.num_frames)
 
   def temporal_attention(self, index: int, z, frames: FrameInfo):
-    layer = lambda h: self.temporal_transformers[index](
-        h, frames.num_frames, frames.text_context, frames.regime)
+    layer = lambda h, injection: self.temporal_transformers[index](
+        h, frames.num_frames, frames.text_context, frames.regime, injection)
     return self.mix('transformers', index, z, layer, frames)
 
   def apply_resnet(self, index, x, temb, deterministic, extra=None):
     z = super().apply_resnet(index, x, temb, deterministic)
     if 'conv3d' in self.options.temporal_layers:
-      layer = lambda h: self.temporal_resnets[index](h, extra.num_frames, temb, deterministic)
+      layer = lambda h, injection: self.temporal_resnets[index](
+          h, extra.num_frames, temb, deterministic, injection)
       z = self.mix('resnets', index, z, layer, extra)
     if not self.has_attention and self.num_temporal_transformers:
       z = self.temporal_attention(index, z, extra)
