@@ -14,7 +14,9 @@ with the project's digit nets (`evaluation/digits.py`) on 48 test clips:
   --stage=video  the prediction model continues each clip's first real frame
                  to 8 key frames (1 context frame, the config's guidance):
                  identity (clips whose digit never changes; real 1.0), label
-                 agreement, FVD-md, FID-md and frame-to-frame feature change.
+                 agreement, FVD-md, FID-md, frame-to-frame feature change,
+                 `colour_change` (distance of each frame's digit colour from
+                 the real first frame's) and `vanished` (frames with no digit).
 
 `--variant=run` scores the run's own stage without training.
 
@@ -61,7 +63,32 @@ _FRAMES_PER_CLIP = flags.DEFINE_integer('frames_per_clip', 4, 'Independent sampl
 PREVIOUS_STAGE = {'autoencoder': None, 'image': 'autoencoder', 'video': 'image'}
 METRICS = {'autoencoder': ('digit_l1', 'label_agreement', 'fid_md'),
            'image': ('label_agreement', 'fid_md'),
-           'video': ('identity', 'label_agreement', 'fvd_md', 'fid_md', 'feature_change')}
+           'video': ('identity', 'label_agreement', 'fvd_md', 'fid_md', 'feature_change',
+                     'colour_change', 'vanished')}
+
+
+def digit_colours(frames: np.ndarray, min_pixels: int = 4) -> np.ndarray:
+  """Mean RGB in [0, 1] of the bright (digit) pixels of `(..., h, w, 3)` frames; NaN if none."""
+  rgb = (np.asarray(frames, np.float64) + 1.0) / 2.0
+  digit = rgb.max(axis=-1) > 0.5  # (..., h, w)
+  count = digit.sum(axis=(-2, -1))
+  total = (rgb * digit[..., None]).sum(axis=(-3, -2))  # (..., 3)
+  return np.where(count[..., None] >= min_pixels, total / np.maximum(count, 1)[..., None],
+                  np.nan)
+
+
+def colour_metrics(frames: np.ndarray, real: np.ndarray) -> dict:
+  """How far generated frames 1.. stray from the clip's digit colour, and how often it vanishes.
+
+  `colour_change`: mean RGB distance (in [0, 1] units) between each generated
+  frame's digit colour and the real first frame's; `vanished`: fraction of
+  generated frames with no digit pixels (real clips: 0; the digit wraps).
+  """
+  reference = digit_colours(real[:, :1])  # (b, 1, 3)
+  generated = digit_colours(frames[:, 1:])  # (b, f - 1, 3)
+  distance = np.linalg.norm(generated - reference, axis=-1)  # (b, f - 1)
+  return dict(colour_change=float(np.nanmean(distance)),
+              vanished=float(np.isnan(distance).mean()))
 
 
 def train_variant(workdir: str, overrides: dict) -> float:
@@ -91,19 +118,23 @@ def score(workdir: str, sampling: dict) -> dict:
                                      seed=0))
   clips = {k: v for k, v in clips.items() if v.dtype != object}
   if _STAGE.value == 'autoencoder':
-    frames = jax.jit(lambda: stage.sample(model.params, clips, None)['reconstruction'])()
+    frames = jax.jit(lambda params, clips: stage.sample(params, clips, None)['reconstruction'])(
+        model.params, clips)
   elif _STAGE.value == 'video':  # Continue the first real frame: (b, f, h, w, 3).
     stage = type(stage)(config_utils.override(stage.config, **{'sampling.num_context': 1}))
-    frames = jax.jit(lambda key: stage.sample(model.params, clips, key)['prediction'])(
-        jax.random.key(0))
+    frames = jax.jit(lambda params, clips, key: stage.sample(params, clips, key)['prediction'])(
+        model.params, clips, jax.random.key(0))
   else:
-    sample = jax.jit(lambda key: stage.sample(model.params, clips, key)['samples'][:, 0])
-    frames = np.stack([sample(jax.random.fold_in(jax.random.key(0), i))
+    # Params and clips are arguments, not closed-over constants XLA would fold.
+    sample = jax.jit(lambda params, clips, key: stage.sample(params, clips, key)['samples'][:, 0])
+    frames = np.stack([sample(model.params, clips, jax.random.fold_in(jax.random.key(0), i))
                        for i in range(_FRAMES_PER_CLIP.value)], axis=1)  # (b, k, h, w, 3)
   nets = digits.load_or_train(digits.spec_from_data_config(data_config),
                               os.path.join(_BASE_RUN.value, 'feature_nets'), seed=0)
   values = metrics.digit_video_metrics(nets, np.clip(frames, -1, 1), np.asarray(clips['video']),
                                        labels=clips['labels'])
+  if _STAGE.value == 'video':
+    values.update(colour_metrics(np.clip(np.asarray(frames), -1, 1), np.asarray(clips['video'])))
   if _STAGE.value == 'autoencoder':
     real = np.asarray(clips['video'])
     digit_pixels = (real > -0.9).any(axis=-1)  # (b, f, h, w)
