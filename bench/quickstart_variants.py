@@ -10,7 +10,8 @@ with the project's digit nets (`evaluation/digits.py`) on 48 test clips:
   --stage=autoencoder  posterior-mean reconstructions of the clips: label
                  agreement, FID-md and the L1 error on digit pixels
                  (`digit_l1`, where colour errors show; the background is
-                 most pixels).
+                 most pixels) and `colour_error`, the distance between the
+                 mean digit colours of reconstruction and frame.
   --stage=video  the prediction model continues each clip's first real frame
                  to 8 key frames (1 context frame, the config's guidance):
                  identity (clips whose digit never changes; real 1.0), label
@@ -61,7 +62,7 @@ _FRAMES_PER_CLIP = flags.DEFINE_integer('frames_per_clip', 4, 'Independent sampl
 
 
 PREVIOUS_STAGE = {'autoencoder': None, 'image': 'autoencoder', 'video': 'image'}
-METRICS = {'autoencoder': ('digit_l1', 'label_agreement', 'fid_md'),
+METRICS = {'autoencoder': ('digit_l1', 'colour_error', 'label_agreement', 'fid_md'),
            'image': ('label_agreement', 'fid_md'),
            'video': ('identity', 'label_agreement', 'fvd_md', 'fid_md', 'feature_change',
                      'colour_change', 'vanished')}
@@ -140,6 +141,9 @@ def score(workdir: str, sampling: dict) -> dict:
     digit_pixels = (real > -0.9).any(axis=-1)  # (b, f, h, w)
     errors = np.abs(np.asarray(frames) - real).mean(axis=-1)  # (b, f, h, w)
     values['digit_l1'] = float(errors[digit_pixels].mean())
+    colour_distance = np.linalg.norm(digit_colours(np.clip(np.asarray(frames), -1, 1))
+                                     - digit_colours(real), axis=-1)  # (b, f)
+    values['colour_error'] = float(np.nanmean(colour_distance))
   return {k: values[k] for k in METRICS[_STAGE.value]}
 
 

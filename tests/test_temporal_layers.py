@@ -322,27 +322,6 @@ def test_context_encoder_levels_and_fresh_injection(context_model):
   assert all(TRAINABLE.search(path) for path in paths)
 
 
-def test_global_context_adds_the_projected_spatial_mean_everywhere(context_model):
-  """`global_context`: plain levels + Dense(spatial mean); a corner edit reaches every cell."""
-  _, encoder_params, _, _, _, latents = context_model
-  encoder = temporal.ContextEncoder((8, 16), global_context=True)
-  c_s = temporal.masked_context(latents, jnp.ones((B, F)))
-  params = jax.jit(encoder.init)(jax.random.key(17), c_s)
-  assert set(params['params']) == set(encoder_params['params']) | {'global_0', 'global_1'}
-  plain_params = {'params': {k: v for k, v in params['params'].items()
-                             if not k.startswith('global_')}}
-  plain = temporal.ContextEncoder((8, 16)).apply(plain_params, c_s)
-  features = jax.jit(encoder.apply)(params, c_s)
-  for level, (hidden, got) in enumerate(zip(plain, features)):
-    dense = params['params'][f'global_{level}']
-    pooled = hidden.mean(axis=(1, 2), keepdims=True)
-    np.testing.assert_allclose(got, hidden + pooled @ dense['kernel'] + dense['bias'],
-                               rtol=1e-5, atol=1e-5)
-  edited = temporal.masked_context(latents.at[:, :, :2, :2].add(3.0), jnp.ones((B, F)))
-  change = np.abs(jax.jit(encoder.apply)(params, edited)[0] - features[0]).max(axis=-1)
-  assert change.min() > 0  # Every location of level 0 (16x16) sees the 2x2 corner edit.
-
-
 def test_fresh_output_projection_learns_from_the_context_at_once(context_model):
   """The context path is first order: the zero-init `proj_out` gradient sees it."""
   encoder, encoder_params, block, block_params, frames, latents = context_model

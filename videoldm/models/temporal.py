@@ -355,16 +355,10 @@ class ContextEncoder(nn.Module):
   map per U-Net level: level 0 at latent resolution (3x3 `conv_in` + SiLU),
   each next level a 3x3 stride-2 conv `down_convs_{l-1}` (padding 1, so
   `h_l = ceil(h_{l-1} / 2)` like the U-Net's `Downsample`) + SiLU.
-
-  `global_context`: each level's map also gets a dense projection
-  (`global_{l}`) of its spatial mean, broadcast over the frame, so that
-  frame-wide properties of a context frame (colour, identity, lighting) reach
-  every location, not only where the content was when the frame was taken.
   """
 
   channels_per_level: Sequence[int]
   dtype: jnp.dtype = jnp.float32
-  global_context: bool = False
 
   @nn.compact
   def __call__(self, context: jax.Array) -> list[jax.Array]:
@@ -375,18 +369,11 @@ class ContextEncoder(nn.Module):
       raise ValueError('ContextEncoder needs at least one level in channels_per_level.')
     frames = einops.rearrange(context, 'b f h w c -> (b f) h w c')
     hidden = nn.silu(layers.conv3x3(self.channels_per_level[0], self.dtype, 'conv_in')(frames))
-    levels = [hidden]
+    features = [hidden]
     for level, channels in enumerate(self.channels_per_level[1:]):
       hidden = layers.conv3x3(channels, self.dtype, f'down_convs_{level}', strides=2)(hidden)
       hidden = nn.silu(hidden)
-      levels.append(hidden)
-    if not self.global_context:
-      return levels
-    features = []
-    for level, hidden in enumerate(levels):
-      pooled = hidden.mean(axis=(1, 2), keepdims=True)  # ((b f), 1, 1, C_l)
-      features.append(hidden + nn.Dense(hidden.shape[-1], dtype=self.dtype,
-                                        name=f'global_{level}')(pooled))
+      features.append(hidden)
     return features
 
 

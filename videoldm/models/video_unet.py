@@ -48,7 +48,7 @@ def temporal_config() -> ml_collections.ConfigDict:
       layers=TEMPORAL_LAYERS, merge_strategy='learned_with_images', alpha=0.5,
       conv_kernel_size=(3, 3, 3), num_heads=None, head_dim=None, depth=1,
       frame_pos_embed=True, text_context=False, context_frames=False,
-      regime_conditioning=False, attention_everywhere=False, global_context=False))
+      regime_conditioning=False, attention_everywhere=False))
 
 
 def video_unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
@@ -65,8 +65,6 @@ def video_unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
     text_context: temporal transformers cross-attend to the text context.
     context_frames: c_S conditioning for prediction / interpolation models;
       context latents have `out_channels` channels.
-    global_context: the context encoder adds each level's spatial mean to
-      every location (`ContextEncoder.global_context`).
     regime_conditioning: a scalar per video embedded with the frame position.
     attention_everywhere: temporal attention also at levels without spatial
       attention (after each ResBlock).
@@ -335,10 +333,8 @@ class VideoUNet(unet_lib.UNet):
       context_latents = jnp.zeros(video_shape[:4] + (self.config.out_channels,), dtype)
       context_mask = jnp.zeros(video_shape[:2], dtype)
     c_s = temporal_lib.masked_context(context_latents.astype(dtype), context_mask)
-    return temporal_lib.ContextEncoder(
-        tuple(self.config.block_out_channels), dtype,
-        global_context=self.config.temporal.get('global_context', False),  # Older runs lack it.
-        name='context_encoder')(c_s)
+    return temporal_lib.ContextEncoder(tuple(self.config.block_out_channels), dtype,
+                                       name='context_encoder')(c_s)
 
   @nn.compact
   def __call__(self, x, timesteps, context=None, class_labels=None, context_latents=None,
