@@ -106,15 +106,20 @@ def train_variant(workdir: str, overrides: dict) -> float:
   return time.time() - start
 
 
-def score(workdir: str, sampling: dict) -> dict:
-  """`METRICS[stage]` of label-conditioned samples of `workdir`'s stage."""
+def score(workdir: str, sampling: dict, overrides: dict) -> dict:
+  """`METRICS[stage]` of label-conditioned samples of `workdir`'s stage.
+
+  Test clips come from the video stage's data config with the variant's
+  `data.builder_kwargs` override, if any (e.g. another digit speed).
+  """
   model = loading.load_stage(workdir)
   stage = model.stage
   if sampling:
     stage = type(stage)(config_utils.override(
         stage.config, **{f'sampling.{k}': v for k, v in sampling.items()}))
+  data_overrides = {k: v for k, v in overrides.items() if k.startswith('data.builder_kwargs')}
   data_config = config_utils.override(moving_digits.get_config('stage=video,quickstart'), **{
-      'data.data_dir': os.path.join(_BASE_RUN.value, 'data')}).data
+      'data.data_dir': os.path.join(_BASE_RUN.value, 'data'), **data_overrides}).data
   clips = next(pipeline.make_dataset(data_config, 'test', _NUM_CLIPS.value, shuffle=False,
                                      seed=0))
   clips = {k: v for k, v in clips.items() if v.dtype != object}
@@ -157,7 +162,7 @@ def main(argv):
   else:
     workdir = os.path.join(_WORKDIR.value, _STAGE.value, _VARIANT.value)
     seconds = train_variant(workdir, overrides)
-  values = score(workdir, sampling)
+  values = score(workdir, sampling, overrides)
   logging.info('%s %s %s %s: %s (trained in %.0f s)', _STAGE.value, _VARIANT.value, overrides,
                sampling, ', '.join(f'{k} {v:.3f}' for k, v in values.items()), seconds)
   sys.stdout.write(json.dumps(dict(stage=_STAGE.value, variant=_VARIANT.value,
