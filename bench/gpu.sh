@@ -3,27 +3,31 @@
 #
 #   bash bench/gpu.sh [WHEELS_DIR]
 #
-# The GPU image has jax, flax, optax and einops. Everything else the package
-# imports (ml-collections, clu, orbax, grain, tfds, torch + diffusers for
-# figure 1) comes from wheels carried in WHEELS_DIR (default: ./wheels), installed
+# The GPU image has jax, flax, optax, orbax, einops and torch but no TensorFlow;
+# the benchmarks import neither TensorFlow, TFDS, grain nor clu. The other
+# packages they import (ml-collections, diffusers + importlib_metadata for
+# figure 1) come from wheels carried in WHEELS_DIR (default: ./.whl), installed
 # --no-index so nothing is fetched. Figure 1 is skipped when torch/diffusers are
-# not importable (it compares against diffusers). Compute is bfloat16 for
-# figure 2 (MFU against the measured bf16 matmul peak) at an SD-like width.
+# not importable. Figure 2 computes in bfloat16 (MFU against the measured bf16
+# matmul peak) at an SD-like width.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS="${1:-wheels}"
+PY="${PYTHON:-python3}"
+WHEELS="${1:-.whl}"
 if [ -d "$WHEELS" ]; then
-  python -m pip install --no-index --find-links "$WHEELS" --no-deps -q "$WHEELS"/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$WHEELS"/*.whl
+  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
-python -m pip install --no-deps --no-build-isolation -q -e . 2>/dev/null || export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-python -c "import jax; print('devices:', jax.devices())"
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+"$PY" -c "import jax, flax; print('devices:', jax.devices(), 'jax', jax.__version__, 'flax', flax.__version__)"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
-if python -c "import torch, diffusers" 2>/dev/null; then
-  timeout 240 python bench/unet_vs_diffusers.py --threads=0 --repeats=10 --batch=8 || echo "figure 1 failed"
+if "$PY" -c "import torch, diffusers" 2>/dev/null; then
+  timeout 200 "$PY" bench/unet_vs_diffusers.py --threads=0 --repeats=10 --batch=8 || echo "figure 1 failed"
 else
   echo "figure 1 skipped: torch/diffusers not installed (carry their wheels in $WHEELS)"
 fi
-timeout 240 python bench/train_efficiency.py --dtype=bfloat16 --batch=8 --channels=320,640 \
+timeout 200 "$PY" bench/train_efficiency.py --dtype=bfloat16 --batch=8 --channels=320,640 \
   --image_size=64 --repeats=10 --matmul_size=8192 || echo "figures 2-3 failed"
-timeout 120 python bench/sampler_overhead.py --repeats=10 || echo "figure 4 failed"
+timeout 100 "$PY" bench/sampler_overhead.py --repeats=10 || echo "figure 4 failed"

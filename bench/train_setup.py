@@ -17,7 +17,7 @@ from videoldm import config_utils
 from videoldm.models import video_unet
 from videoldm.train import sharding as sharding_lib
 from videoldm.train import stages
-from videoldm.train import trainer
+from videoldm.train import train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'moving_digits.py')
@@ -46,8 +46,8 @@ def build_step(config, seed: int = 0):
       np.float32), labels=rng.integers(0, 10, (config.batch_size, 2)).astype(np.int32))
   batch = {k: jax.device_put(v, batch_sharding) for k, v in host.items()}
   key = jax.random.key(seed)
-  state, state_sharding, labels, tx = trainer.create_train_state(stage, config, mesh, batch, key)
-  step = trainer.make_train_step(stage, config, labels, tx, state_sharding, batch_sharding, key)
+  state, state_sharding, labels, tx = train_step.create_train_state(stage, config, mesh, batch, key)
+  step = train_step.make_train_step(stage, config, labels, tx, state_sharding, batch_sharding, key)
   return state, step, batch
 
 

@@ -94,6 +94,8 @@ def vae_case(batch: int):
 def main():
   if CORES:
     torch.set_num_threads(CORES)
+  if DEVICE == 'cuda':  # XLA's default f32 matmul precision on GPU allows TF32; match it.
+    torch.set_float32_matmul_precision('high')
   rows = []
   cases = [('U-Net forward', unet_case)] + ([] if ARGS.skip_vae else [('VAE decode', vae_case)])
   for name, make in cases:
@@ -105,7 +107,7 @@ def main():
   common.report(
       'Figure 1: forward vs diffusers (same weights, float32)',
       ['model', 'ours (jit)', 'diffusers (torch)', 'our throughput / theirs', 'rel. error'],
-      rows, [f'torch on {DEVICE}; threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores); '
+      rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores); '
              f'batch {ARGS.batch}, latents 32x32x4; median (min-max) of {ARGS.repeats} '
              'interleaved calls'])
 

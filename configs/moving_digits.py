@@ -21,7 +21,7 @@ Launch (one stage; `runlocal` shrinks everything to a CPU minute):
 import ml_collections
 
 from videoldm import config_utils
-from videoldm.data import pipeline
+from videoldm.data import data_config
 from videoldm.models import video_unet
 
 STAGES = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
@@ -128,7 +128,7 @@ def get_config(arg=None):
   config.max_consecutive_nonfinite = 10
   config.multiprocess = False
 
-  config.data = pipeline.default_data_config()
+  config.data = data_config.default_data_config()
   config.data.builder_config = 'tiny' if arg.runlocal else 'single'
   config.data.builder_kwargs = dict(num_frames=32)
   # (frames per clip, frame stride) per stage: key frames are 4 frames apart,

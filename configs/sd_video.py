@@ -31,7 +31,7 @@ import ml_collections
 from videoldm import config_utils
 from videoldm.convert import diffusers as diffusers_convert
 from videoldm.convert import loaders
-from videoldm.data import pipeline
+from videoldm.data import data_config
 from videoldm.models import autoencoder as autoencoder_lib
 from videoldm.models import text as text_lib
 from videoldm.models import unet as unet_lib
@@ -88,7 +88,7 @@ def get_config(arg=None):
   config.max_consecutive_nonfinite = 10
   config.multiprocess = False
 
-  config.data = pipeline.default_data_config()
+  config.data = data_config.default_data_config()
   if runlocal:
     config.data.builder_config = 'tiny'
     config.data.num_frames, config.data.image_size = 4, 32

@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from videoldm.data import moving_digits
+from videoldm.data import data_config
 from videoldm.data import pipeline
 from videoldm.data import video_folder
 from videoldm.data import video_io
@@ -43,7 +44,7 @@ def digits_dirs(tmp_path_factory):
 
 
 def _data_config(data_dir, **overrides):
-  config = pipeline.default_data_config()
+  config = data_config.default_data_config()
   config.builder_config = 'tiny'
   config.data_dir = str(data_dir)
   config.num_frames = 4
@@ -354,7 +355,7 @@ def test_global_batch_to_device(digits_dirs):
 
 
 def test_default_data_config_is_lockable():
-  config = pipeline.default_data_config()
+  config = data_config.default_data_config()
   config.lock()
   assert isinstance(config, ml_collections.ConfigDict)
   with pytest.raises(AttributeError, match='num_frame'):

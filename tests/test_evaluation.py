@@ -141,9 +141,9 @@ class RecordingWriter:
 
 def test_metrics_hook_scores_each_sample_entry_against_the_data(nets, real_clips, tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from videoldm.data import pipeline  # pylint: disable=g-import-not-at-top
+  from videoldm.data import data_config  # pylint: disable=g-import-not-at-top
   from videoldm.evaluation import hook  # pylint: disable=g-import-not-at-top
-  data = pipeline.default_data_config()
+  data = data_config.default_data_config()
   data.builder_config, data.num_frames, data.frame_stride = 'single', 8, 4
   data.builder_kwargs = dict(num_frames=32)
   metrics_hook = hook.MetricsHook(ml_collections.ConfigDict(dict(data=data, seed=0)),

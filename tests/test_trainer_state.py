@@ -15,13 +15,14 @@ from videoldm.data import pipeline
 from videoldm.train import checkpointing
 from videoldm.train import sharding as sharding_lib
 from videoldm.train import state as state_lib
+from videoldm.train import train_step
 from videoldm.train import trainer
 
 MESHES = ((1, 1), (8, 1), (2, 4), (4, 2))
 
 
 def build(config, devices=None, host_state=None):
-  """(state, train_step, global batches) for `config` on `devices`.
+  """(state, step function, global batches) for `config` on `devices`.
 
   The state is initialised by the trainer, or placed from `host_state` (numpy)
   with the shardings the trainer plans (saves an init compile per mesh).
@@ -33,12 +34,12 @@ def build(config, devices=None, host_state=None):
   stage = ToyStage(config)
   key = jax.random.key(config.seed)
   if host_state is None:
-    state, state_sharding, labels, tx = trainer.create_train_state(stage, config, mesh,
+    state, state_sharding, labels, tx = train_step.create_train_state(stage, config, mesh,
                                                                    batches[0], key)
   else:
-    _, state_sharding, labels, tx = trainer.plan_train_state(stage, config, mesh, batches[0], key)
+    _, state_sharding, labels, tx = train_step.plan_train_state(stage, config, mesh, batches[0], key)
     state = jax.device_put(host_state, state_sharding)
-  step = trainer.make_train_step(stage, config, labels, tx, state_sharding, batch_sharding, key)
+  step = train_step.make_train_step(stage, config, labels, tx, state_sharding, batch_sharding, key)
   return state, step, batches
 
 
@@ -152,8 +153,8 @@ def step_flops(config) -> float:
   data = FakeVideos(config.data, 'train', 8, seed=0)
   batch = pipeline.global_batch_to_device(next(data), batch_sharding)
   stage, key = ToyStage(config), jax.random.key(0)
-  abstract, state_sharding, labels, tx = trainer.plan_train_state(stage, config, mesh, batch, key)
-  step = trainer.make_train_step(stage, config, labels, tx, state_sharding, batch_sharding, key)
+  abstract, state_sharding, labels, tx = train_step.plan_train_state(stage, config, mesh, batch, key)
+  step = train_step.make_train_step(stage, config, labels, tx, state_sharding, batch_sharding, key)
   analysis = step.lower(abstract, batch).compile().cost_analysis()
   return (analysis[0] if isinstance(analysis, list) else analysis)['flops']
 
@@ -183,7 +184,7 @@ def test_init_from_checkpoint_loads_params_and_ema(tmp_path):
   mesh = sharding_lib.make_mesh(config.mesh)
   batch = pipeline.global_batch_to_device(next(FakeVideos(config.data, 'train', 8, seed=0)),
                             sharding_lib.batch_sharding(mesh))
-  state, *_ = trainer.create_train_state(ToyStage(config), config, mesh, batch, jax.random.key(0))
+  state, *_ = train_step.create_train_state(ToyStage(config), config, mesh, batch, jax.random.key(0))
   source = state.replace(
       params=jax.tree.map(lambda x: x + 1.0, state.params),
       ema_params=jax.tree.map(lambda x: x - 1.0, state.ema_params))
@@ -195,7 +196,7 @@ def test_init_from_checkpoint_loads_params_and_ema(tmp_path):
   expected['conv_out/bias'] = np.full((3,), np.mean(np.asarray(batch['video'])), np.float32)
   config = toy_config(init_from=_init_config(workdir=str(tmp_path), use_ema=True),
                       **{'model.calibrate': True})  # Calibration runs after loading.
-  loaded, *_ = trainer.create_train_state(ToyStage(config), config, mesh, batch, jax.random.key(1))
+  loaded, *_ = train_step.create_train_state(ToyStage(config), config, mesh, batch, jax.random.key(1))
   loaded = flat(loaded.params)
   assert loaded.keys() == expected.keys() and len(flat(source.ema_params)) == 2
   for path, value in loaded.items():

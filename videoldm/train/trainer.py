@@ -31,7 +31,6 @@ from the newest readable one (state, data iterator position) instead.
 SIGTERM saves a checkpoint at the next step boundary and returns normally.
 """
 
-import functools
 import signal
 import threading
 import time
@@ -44,7 +43,6 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from videoldm import distributed
 from videoldm.data import pipeline
@@ -53,139 +51,11 @@ from videoldm.train import checkpointing
 from videoldm.train import sharding as sharding_lib
 from videoldm.train import state as state_lib
 from videoldm.train import stages
+from videoldm.train import train_step as train_step_lib
 from videoldm.train import writers
 
 TrainState = state_lib.TrainState
 DatasetFn = Callable[..., Any]
-
-
-# ----------------------------------------------------------------------------
-# Update step.
-# ----------------------------------------------------------------------------
-
-
-def make_train_step(stage: stages.Stage, config: ml_collections.ConfigDict, labels: Any,
-                    tx: optax.GradientTransformation, state_sharding: Any,
-                    batch_sharding: jax.sharding.NamedSharding, train_key: jax.Array):
-  """A jitted `(state, batch) -> (state, metrics)` with explicit shardings and a donated state.
-
-  Only the trainable params are differentiated; frozen ones enter the loss as
-  constants and leave the step untouched. A non-finite loss or gradient keeps
-  the previous params, optimiser state and EMA and only bumps the counters.
-  """
-  schedule = state_lib.learning_rate_schedule(config.optimizer, config.total_steps)
-  ema_decay = config.get('ema_decay')
-
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    batch = stage.preprocess(batch)
-    rng = jax.random.fold_in(train_key, state.step)
-    trainable, frozen = state_lib.partition(state.params, labels)
-
-    def loss_of_trainable(trainable_params):
-      return stage.loss_fn(state_lib.merge(trainable_params, frozen), batch, rng, state.step)
-
-    (loss, metrics), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
-    grad_norm = optax.tree.norm(grads)
-    full_grads = state_lib.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
-    updates, new_opt_state = tx.update(full_grads, state.opt_state, state.params)
-    new_trainable = optax.apply_updates(trainable, state_lib.partition(updates, labels)[0])
-    new_ema = state.ema_params
-    if ema_decay is not None:
-      new_ema = state_lib.ema_update(state.ema_params, new_trainable, ema_decay)
-
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    nonfinite = (~finite).astype(jnp.int32)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=state_lib.merge(keep_if_finite(new_trainable, trainable), frozen),
-        opt_state=keep_if_finite(new_opt_state, state.opt_state),
-        ema_params=keep_if_finite(new_ema, state.ema_params),
-        nonfinite_count=state.nonfinite_count + nonfinite,
-        consecutive_nonfinite=(state.consecutive_nonfinite + 1) * nonfinite)
-    metrics = dict(metrics)
-    metrics.update(
-        loss=loss, grad_norm=grad_norm,
-        learning_rate=schedule(state.step - state.nonfinite_count),  # Adam's update count.
-        nonfinite_count=new_state.nonfinite_count,
-        consecutive_nonfinite=new_state.consecutive_nonfinite)
-    return new_state, metrics
-
-  replicated = sharding_lib.replicated(batch_sharding.mesh)
-  return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-
-
-def eval_params(state: TrainState, labels: Any) -> Any:
-  """Params for eval and sampling: EMA of the trainable part when kept, else the params."""
-  if state.ema_params is None:
-    return state.params
-  return state_lib.merge(state.ema_params, state_lib.partition(state.params, labels)[1])
-
-
-# ----------------------------------------------------------------------------
-# Init: param shapes -> shardings -> params -> train state.
-# ----------------------------------------------------------------------------
-
-
-def _init_fn(stage: stages.Stage):
-  return lambda rng, batch: stage.init_params(rng, stage.preprocess(batch))
-
-
-def plan_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
-                     mesh: jax.sharding.Mesh, batch: dict, init_key: jax.Array):
-  """Shapes and shardings of the train state, without computing it.
-
-  Returns `(abstract_state, state_sharding, labels, tx)`; `abstract_state` is
-  a tree of ShapeDtypeStructs carrying the shardings (for restoring or lowering).
-  """
-  rules = config.get('sharding', {}).get('rules') or []
-  param_shapes = jax.eval_shape(_init_fn(stage), init_key, batch)
-  labels = state_lib.trainable_labels(param_shapes, config.get('trainable'))
-  tx = state_lib.make_optimizer(config.optimizer, config.total_steps, labels)
-  state_shapes = jax.eval_shape(_make_state_fn(config, labels, tx), param_shapes)
-  state_sharding = sharding_lib.tree_shardings_like_params(state_shapes, param_shapes, rules, mesh)
-  abstract_state = jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes,
-      state_sharding)
-  return abstract_state, state_sharding, labels, tx
-
-
-def _make_state_fn(config: ml_collections.ConfigDict, labels: Any,
-                   tx: optax.GradientTransformation):
-  return functools.partial(state_lib.init_state, labels=labels, tx=tx,
-                           ema_decay=config.get('ema_decay'))
-
-
-def create_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
-                       mesh: jax.sharding.Mesh, batch: dict, init_key: jax.Array,
-                       restore: Callable[[Any], TrainState | None] | None = None):
-  """Builds (or restores) the sharded train state.
-
-  Returns `(state, state_sharding, labels, tx)`. `restore(abstract_state)` may
-  return a restored state (resuming); otherwise params are initialised by the
-  stage, overwritten from `config.init_from` when set, then `stage.calibrate`d.
-  """
-  abstract_state, state_sharding, labels, tx = plan_train_state(stage, config, mesh, batch,
-                                                                init_key)
-  logging.info('Parameter overview:\n%s',
-               state_lib.parameter_overview(abstract_state.params, labels))
-  if restore is not None:
-    restored = restore(abstract_state)
-    if restored is not None:
-      return restored, state_sharding, labels, tx
-
-  param_sharding = state_sharding.params
-  params = jax.jit(_init_fn(stage), out_shardings=param_sharding)(init_key, batch)
-  init_config = config.get('init_from')
-  if checkpointing.init_from_enabled(init_config):
-    host_params = checkpointing.load_init_params(init_config, jax.device_get(params))
-    params = jax.device_put(host_params, param_sharding)
-  if type(stage).calibrate is not stages.Stage.calibrate:
-    calibrate = lambda params, batch: stage.calibrate(params, stage.preprocess(batch))
-    params = jax.jit(calibrate, out_shardings=param_sharding)(params, batch)
-  state = jax.jit(_make_state_fn(config, labels, tx), out_shardings=state_sharding)(params)
-  return state, state_sharding, labels, tx
 
 
 # ----------------------------------------------------------------------------
@@ -297,13 +167,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return state
 
   example = pipeline.global_batch_to_device(peek(train_iter), batch_sharding)
-  state, state_sharding, labels, tx = create_train_state(stage, config, mesh, example, init_key,
-                                                         restore)
+  state, state_sharding, labels, tx = train_step_lib.create_train_state(
+      stage, config, mesh, example, init_key, restore)
   del example
 
   # -------------------------------------------------------------- update step
-  train_step = make_train_step(stage, config, labels, tx, state_sharding, batch_sharding,
-                               train_key)
+  train_step = train_step_lib.make_train_step(stage, config, labels, tx, state_sharding,
+                                              batch_sharding, train_key)
   replicated = sharding_lib.replicated(mesh)
   eval_loss = jax.jit(lambda params, batch, rng, step: stage.loss_fn(
       params, stage.preprocess(batch), rng, step), out_shardings=replicated)
@@ -312,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def run_eval(step: int) -> None:
     eval_iter.set_state(eval_start)
-    params, totals = eval_params(state, labels), {}
+    params, totals = train_step_lib.eval_params(state, labels), {}
     for i in range(config.get('eval_steps') or 1):
       batch = pipeline.global_batch_to_device(next(eval_iter), batch_sharding)
       loss, metrics = eval_loss(params, batch, jax.random.fold_in(eval_key, i), jnp.int32(step))
@@ -323,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def run_sample(step: int, write_videos: bool = True) -> None:
     eval_iter.set_state(eval_start)
     batch = pipeline.global_batch_to_device(next(eval_iter), batch_sharding)
-    videos = jax.device_get(sample(eval_params(state, labels), batch, sample_key))
+    videos = jax.device_get(sample(train_step_lib.eval_params(state, labels), batch, sample_key))
     if write_videos:
       writers.write_samples(workdir, writer, step, videos)
     if metrics_every and (step % metrics_every == 0 or step == config.total_steps):
