@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Figures 1-4 on a GPU machine, one prepared run; prints one table per figure.
 #
-#   bash bench/gpu.sh [WHEELS_DIR]
+#   bash bench/gpu.sh [WHEELS_DIR] [FIGURES]     # FIGURES: default 1234
 #
+# All four take about 12 minutes on an H200 (figures 2-3 compile SD-width
+# steps: ~6 min); under a 10-minute limit per call run `bash bench/gpu.sh .whl 14`
+# then `bash bench/gpu.sh .whl 23`. Fetch the wheels where pip works:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#     ml_collections==1.1.0 diffusers==0.42.1 importlib_metadata
 # The GPU image has jax, flax, optax, orbax, einops and torch but no TensorFlow;
 # the benchmarks import neither TensorFlow, TFDS, grain nor clu. The other
 # packages they import (ml-collections, diffusers + importlib_metadata for
@@ -14,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 WHEELS="${1:-.whl}"
+FIGURES="${2:-1234}"
 if [ -d "$WHEELS" ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$WHEELS"/*.whl
@@ -23,11 +29,17 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 "$PY" -c "import jax, flax; print('devices:', jax.devices(), 'jax', jax.__version__, 'flax', flax.__version__)"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
-if "$PY" -c "import torch, diffusers" 2>/dev/null; then
-  timeout 200 "$PY" bench/unet_vs_diffusers.py --threads=0 --repeats=10 --batch=8 || echo "figure 1 failed"
-else
-  echo "figure 1 skipped: torch/diffusers not installed (carry their wheels in $WHEELS)"
+if [[ "$FIGURES" == *1* ]]; then
+  if "$PY" -c "import torch, diffusers" 2>/dev/null; then
+    timeout 240 "$PY" bench/unet_vs_diffusers.py --threads=0 --repeats=10 --batch=8 || echo "figure 1 failed"
+  else
+    echo "figure 1 skipped: torch/diffusers not installed (carry their wheels in $WHEELS)"
+  fi
 fi
-timeout 200 "$PY" bench/train_efficiency.py --dtype=bfloat16 --batch=8 --channels=320,640 \
-  --image_size=64 --repeats=10 --matmul_size=8192 || echo "figures 2-3 failed"
-timeout 100 "$PY" bench/sampler_overhead.py --repeats=10 || echo "figure 4 failed"
+if [[ "$FIGURES" == *[23]* ]]; then
+  timeout 480 "$PY" bench/train_efficiency.py --dtype=bfloat16 --batch=8 --channels=320,640 \
+    --image_size=64 --repeats=5 --matmul_size=8192 || echo "figures 2-3 failed"
+fi
+if [[ "$FIGURES" == *4* ]]; then
+  timeout 120 "$PY" bench/sampler_overhead.py --repeats=10 || echo "figure 4 failed"
+fi

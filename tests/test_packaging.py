@@ -8,6 +8,7 @@ import ast
 import importlib.metadata
 import pathlib
 import re
+import subprocess
 import sys
 
 import setuptools
@@ -55,3 +56,30 @@ def test_module_level_imports_are_install_requirements():
       if not dists & requirements:
         missing.setdefault(module, []).append(str(path.relative_to(ROOT)))
   assert not missing, f'imported but not in install_requires: {missing}'
+
+
+# Config scripts and the train step load on machines without the data stack (GPU
+# images ship no TensorFlow; bench/gpu.sh relies on this).
+_WITHOUT_DATA_STACK = """
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'grain', 'clu'):
+      raise ModuleNotFoundError(f'No module named {name!r}')
+sys.meta_path.insert(0, Missing())
+from videoldm import config_utils
+from videoldm.train import train_step
+from videoldm.train.stages import video
+config = config_utils.load_config('configs/moving_digits.py:stage=video,runlocal')
+assert config.data.name == 'moving_digits', config.data.name
+print('loaded', train_step.create_train_state.__name__)
+"""
+
+
+def test_configs_and_train_step_import_without_tensorflow_tfds_grain_or_clu():
+  result = subprocess.run([sys.executable, '-c', _WITHOUT_DATA_STACK], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300,
+                          env={'PYTHONPATH': str(ROOT), 'JAX_PLATFORMS': 'cpu',
+                               'PATH': '/usr/bin:/bin'})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'loaded create_train_state' in result.stdout
