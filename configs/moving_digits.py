@@ -30,9 +30,10 @@ STAGES = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsample
 # `videoldm.train.chain.INIT_FROM`. The decoder starts from the image stage, so
 # it fine-tunes the (latent-centred) autoencoder the LDM actually uses.
 TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
-# Train steps per stage for `quickstart` (batch 8 on a 2-core CPU).
+# Train steps per stage for `quickstart` (batch 8 on a 2-core CPU). upsampler_image 800 vs
+# 400 (+47 s): half the background grain of the x4 frames (stop 18, bench/RESULTS.md).
 QUICKSTART_STEPS = dict(autoencoder=1000, image=2400, video=200, interpolation=120, decoder=60,
-                        upsampler_image=400, upsampler=60)
+                        upsampler_image=800, upsampler=60)
 
 
 def autoencoder_model(runlocal: bool) -> ml_collections.ConfigDict:
