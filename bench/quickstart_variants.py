@@ -18,6 +18,12 @@ with the project's digit nets (`evaluation/digits.py`) on 48 test clips:
                  agreement, FVD-md, FID-md, frame-to-frame feature change,
                  `colour_change` (distance of each frame's digit colour from
                  the real first frame's) and `vanished` (frames with no digit).
+  --stage=upsampler_image|upsampler  x4 upsampling of the 128x128 test clips
+                 area-downsampled to 32x32, as they are (`real_*`) and after a
+                 round trip through the run's autoencoder (`ae_*`, the stack's
+                 artefacts): L1 against the real frames over all pixels, over
+                 digit pixels (`digit_l1`) and over background pixels
+                 (`background_l1`: grain, and strokes thickened into halos).
 
 `--variant=run` scores the run's own stage without training.
 
@@ -43,7 +49,9 @@ from videoldm.data import pipeline
 from videoldm.evaluation import digits
 from videoldm.evaluation import metrics
 from videoldm.pipelines import loading
+from videoldm.pipelines import video_ldm
 from videoldm.train import trainer
+from videoldm.train.stages import upsampler as upsampler_stage
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import moving_digits  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -53,7 +61,8 @@ _BASE_RUN = flags.DEFINE_string('base_run', '/tmp/videoldm_quickstart',
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/videoldm_variants', 'Variant runs.')
 _VARIANT = flags.DEFINE_string('variant', 'run', "Variant name; 'run' = the base run's image "
                                'stage as trained.')
-_STAGE = flags.DEFINE_enum('stage', 'image', ['autoencoder', 'image', 'video'],
+_STAGE = flags.DEFINE_enum('stage', 'image', ['autoencoder', 'image', 'video',
+                                              'upsampler_image', 'upsampler'],
                                'Quickstart stage to vary.')
 _OVERRIDES = flags.DEFINE_string('overrides', '{}', 'JSON config overrides of the stage.')
 _SAMPLING = flags.DEFINE_string('sampling', '{}', 'JSON overrides of config.sampling.')
@@ -61,11 +70,15 @@ _NUM_CLIPS = flags.DEFINE_integer('num_clips', 48, 'Test clips (labels) scored.'
 _FRAMES_PER_CLIP = flags.DEFINE_integer('frames_per_clip', 4, 'Independent samples per clip.')
 
 
-PREVIOUS_STAGE = {'autoencoder': None, 'image': 'autoencoder', 'video': 'image'}
+PREVIOUS_STAGE = {'autoencoder': None, 'image': 'autoencoder', 'video': 'image',
+                  'upsampler_image': None, 'upsampler': 'upsampler_image'}
+UPSAMPLER_METRICS = tuple(f'{source}_{name}' for source in ('real', 'ae')
+                          for name in ('l1', 'digit_l1', 'background_l1'))
 METRICS = {'autoencoder': ('digit_l1', 'colour_error', 'label_agreement', 'fid_md'),
            'image': ('label_agreement', 'fid_md'),
            'video': ('identity', 'label_agreement', 'fvd_md', 'fid_md', 'feature_change',
-                     'colour_change', 'vanished')}
+                     'colour_change', 'vanished'),
+           'upsampler_image': UPSAMPLER_METRICS, 'upsampler': UPSAMPLER_METRICS}
 
 
 def digit_colours(frames: np.ndarray, min_pixels: int = 4) -> np.ndarray:
@@ -90,6 +103,29 @@ def colour_metrics(frames: np.ndarray, real: np.ndarray) -> dict:
   distance = np.linalg.norm(generated - reference, axis=-1)  # (b, f - 1)
   return dict(colour_change=float(np.nanmean(distance)),
               vanished=float(np.isnan(distance).mean()))
+
+
+def upsampler_metrics(model) -> dict:
+  """`UPSAMPLER_METRICS` of `model` (an upsampler stage) on up to 40 test clips."""
+  data_config = config_utils.override(moving_digits.get_config('stage=upsampler,quickstart'), **{
+      'data.data_dir': os.path.join(_BASE_RUN.value, 'data')}).data
+  clips = next(pipeline.make_dataset(data_config, 'test', min(_NUM_CLIPS.value, 40),
+                                     shuffle=False, seed=0))
+  real = np.asarray(clips['video'])  # (b, f, 128, 128, 3)
+  low_res = upsampler_stage.downsample(jnp.asarray(real), model.stage.options.scale)
+  autoencoder = loading.load_stage(os.path.join(_BASE_RUN.value, 'autoencoder'))
+  round_trip = jax.jit(lambda params, video: autoencoder.stage.sample(
+      params, {'video': video}, None)['reconstruction'])(autoencoder.params, low_res)
+  upsample = jax.jit(lambda params, low, key: upsampler_stage.upsample(model.stage, params, low,
+                                                                       key))
+  digit = (real > -0.9).any(axis=-1)  # (b, f, h, w)
+  values = {}
+  for source, low in (('real', low_res), ('ae', round_trip)):
+    errors = np.abs(np.asarray(upsample(model.params, low, jax.random.key(0))) - real).mean(-1)
+    values.update({f'{source}_l1': float(errors.mean()),
+                   f'{source}_digit_l1': float(errors[digit].mean()),
+                   f'{source}_background_l1': float(errors[~digit].mean())})
+  return values
 
 
 def train_variant(workdir: str, overrides: dict) -> float:
@@ -117,6 +153,8 @@ def score(workdir: str, sampling: dict, overrides: dict) -> dict:
   if sampling:
     stage = type(stage)(config_utils.override(
         stage.config, **{f'sampling.{k}': v for k, v in sampling.items()}))
+  if _STAGE.value.startswith('upsampler'):
+    return upsampler_metrics(video_ldm.Model(stage, model.params))
   data_overrides = {k: v for k, v in overrides.items() if k.startswith('data.builder_kwargs')}
   data_config = config_utils.override(moving_digits.get_config('stage=video,quickstart'), **{
       'data.data_dir': os.path.join(_BASE_RUN.value, 'data'), **data_overrides}).data

@@ -207,6 +207,6 @@ def get_config(arg=None):
   config.model.label_dropout = 0.1
   config.model.context_probs = (0.2, 0.4, 0.4)  # P(S = 0), P(S = 1), P(S = 2).
   config.model.interpolation = dict(num_key_frames=2, strides=(4, 1))  # Regimes 0 and 1.
-  config.model.upsampler = dict(scale=4, max_noise_level=250, patch_size=32)
+  config.model.upsampler = dict(scale=4, max_noise_level=250, patch_size=32, residual=False)
   config.model.upsampler_unet = upsampler_unet_model(arg.runlocal, max_noise_level=250)
   return config

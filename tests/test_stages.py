@@ -139,6 +139,27 @@ def test_upsampler_noise_augmentation_is_eq5():
   del level_key
 
 
+@pytest.mark.parametrize('residual', [False, True])
+def test_residual_upsampler_generates_the_detail_over_the_resized_low_res(residual, monkeypatch):
+  """`residual`: trains on `x - resize(x_low)` and adds the DDIM output to `resize(x_low)`."""
+  model = load_stage('upsampler_image', **{'model.upsampler.residual': residual})
+  x0 = jax.random.uniform(jax.random.key(5), (2, 1, 32, 32, 3), minval=-1, maxval=1)
+  resized = jax.image.resize(upsampler.downsample(x0, 4), x0.shape, 'bilinear')
+  targets = []
+  monkeypatch.setattr(latent, 'denoising_loss',
+                      lambda config, schedule, prediction, target, noised: (
+                          targets.append(target), jnp.zeros(()))[1])
+  model.stage.loss_fn(model.params, {'video': x0}, jax.random.key(6), 0)
+  np.testing.assert_allclose(targets[0], x0 - resized if residual else x0, atol=1e-6)
+
+  detail = 0.5 * jnp.sin(jnp.arange(32 * 32 * 3.0)).reshape(1, 1, 32, 32, 3)
+  monkeypatch.setattr(latent, 'ddim_sample', lambda *args: jnp.tile(detail, (2, 1, 1, 1, 1)))
+  low = upsampler.downsample(x0, 4)
+  out = upsampler.upsample(model.stage, model.params, low, jax.random.key(7))
+  expected = jnp.clip((resized if residual else jnp.zeros_like(x0)) + detail, -1, 1)
+  np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
 # --------------------------------------------------------------------------
 # Short real runs: every diffusion stage trains from a fresh workdir, and the
 # next stage starts from its checkpoint through init_from.

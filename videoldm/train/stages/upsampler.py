@@ -6,6 +6,9 @@ Pixel-space by default. The low-resolution frames are noise-augmented
 noisy input; `t_g` reaches the U-Net through its class embedding (as in
 Stable Diffusion's x4 upscaler), whose last row is the null class. Trained on
 random patches (`patch_size`), applied convolutionally to whole frames.
+With `residual`, the diffusion model generates `x - resize(x_low)`, the detail
+that the bilinearly resized (clean) low-resolution frames lack, and the
+output adds it back.
 
 `upsampler_image` trains the spatial U-Net on single frames; `upsampler`
 fine-tunes temporal layers on clips (`init_from` the image run, temporal
@@ -91,6 +94,14 @@ class UpsamplerStage(base.Stage):
     """The conditioning for `high_res` training/eval frames: see `condition_low_res`."""
     return self.condition_low_res(downsample(high_res, self.options.scale), key, noise_level)
 
+  def base(self, low: jax.Array) -> jax.Array:
+    """What the diffusion model adds to: `low` resized x`scale` (`residual`), else zeros."""
+    scale = self.options.scale
+    if not self.options.get('residual', False):
+      return jnp.zeros(low.shape[:2] + (low.shape[2] * scale, low.shape[3] * scale, low.shape[4]),
+                       low.dtype)
+    return resize_to(low, low.shape[2] * scale, low.shape[3] * scale)
+
   def condition_low_res(self, low: jax.Array, key: jax.Array, noise_level=None):
     """Noise-augmented low-res frames resized x`scale`, and `t_g` (Eq. 5).
 
@@ -126,10 +137,12 @@ class UpsamplerStage(base.Stage):
     if not self.temporal:  # Every frame is an independent image.
       video = einops.rearrange(video, 'b f h w c -> (b f) 1 h w c')
     x0 = random_patches(video, self.options.patch_size, patch_key)
-    condition, t_g = self.condition(x0, aug_key)
-    noised = latent.add_noise(self.schedule, x0, noise_key)
+    low = downsample(x0, self.options.scale)
+    condition, t_g = self.condition_low_res(low, aug_key)
+    target = x0 - self.base(low)  # b f H W 3: the frames, or their detail (`residual`)
+    noised = latent.add_noise(self.schedule, target, noise_key)
     prediction = self.apply_unet(params, noised.x_t, noised.t, condition, t_g)
-    loss = latent.denoising_loss(self.config, self.schedule, prediction, x0, noised)
+    loss = latent.denoising_loss(self.config, self.schedule, prediction, target, noised)
     return loss, {'noise_level': jnp.mean(t_g.astype(jnp.float32))}
 
   def sample(self, params, batch, rng):
@@ -144,17 +157,11 @@ def upsample(stage: UpsamplerStage, params, low_res: jax.Array, rng: jax.Array) 
   aug_key, rng = jax.random.split(rng)
   condition, t_g = stage.condition_low_res(low_res, aug_key,
                                            stage.config.sampling.upsampler_noise_level)
-  return upsample_condition(stage, params, condition, t_g, rng)
-
-
-def upsample_condition(stage: UpsamplerStage, params, condition: jax.Array, t_g: jax.Array,
-                       rng: jax.Array) -> jax.Array:
-  """DDIM given the resized, augmented low-res `condition` `(b, f, H, W, 3)` and `t_g`."""
   model_fn = lambda x, t, cond: stage.apply_unet(params, x, t, *cond)
   noise = jax.random.normal(rng, condition.shape)
   x = latent.ddim_sample(stage.config, stage.schedule, model_fn, [(condition, t_g)], [],
                          noise, rng)
-  return jnp.clip(x, -1, 1)
+  return jnp.clip(stage.base(low_res) + x, -1, 1)
 
 
 class ImageUpsamplerStage(UpsamplerStage):
