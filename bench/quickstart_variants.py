@@ -18,12 +18,18 @@ with the project's digit nets (`evaluation/digits.py`) on 48 test clips:
                  agreement, FVD-md, FID-md, frame-to-frame feature change,
                  `colour_change` (distance of each frame's digit colour from
                  the real first frame's) and `vanished` (frames with no digit).
+  --stage=decoder  reconstructions of 8 consecutive test frames (encoder
+                 posterior samples) by the temporal decoder: FVD-md, FID-md,
+                 `flicker` (frame-to-frame change beyond the real clip's),
+                 `l1` to the clip, and the frame-wise image decoder's
+                 `image_flicker` / `image_fvd_md` on the same latents.
   --stage=upsampler_image|upsampler  x4 upsampling of the 128x128 test clips
                  area-downsampled to 32x32, as they are (`real_*`) and after a
                  round trip through the run's autoencoder (`ae_*`, the stack's
                  artefacts): L1 against the real frames over all pixels, over
                  digit pixels (`digit_l1`) and over background pixels
-                 (`background_l1`: grain, and strokes thickened into halos).
+                 (`background_l1`: grain, and strokes thickened into halos);
+                 `bilinear_*`: the real low-res frames resized (reference).
 
 `--variant=run` scores the run's own stage without training.
 
@@ -62,7 +68,7 @@ _WORKDIR = flags.DEFINE_string('workdir', '/tmp/videoldm_variants', 'Variant run
 _VARIANT = flags.DEFINE_string('variant', 'run', "Variant name; 'run' = the base run's image "
                                'stage as trained.')
 _STAGE = flags.DEFINE_enum('stage', 'image', ['autoencoder', 'image', 'video',
-                                              'upsampler_image', 'upsampler'],
+                                              'decoder', 'upsampler_image', 'upsampler'],
                                'Quickstart stage to vary.')
 _OVERRIDES = flags.DEFINE_string('overrides', '{}', 'JSON config overrides of the stage.')
 _SAMPLING = flags.DEFINE_string('sampling', '{}', 'JSON overrides of config.sampling.')
@@ -70,14 +76,15 @@ _NUM_CLIPS = flags.DEFINE_integer('num_clips', 48, 'Test clips (labels) scored.'
 _FRAMES_PER_CLIP = flags.DEFINE_integer('frames_per_clip', 4, 'Independent samples per clip.')
 
 
-PREVIOUS_STAGE = {'autoencoder': None, 'image': 'autoencoder', 'video': 'image',
+PREVIOUS_STAGE = {'autoencoder': None, 'image': 'autoencoder', 'video': 'image', 'decoder': 'image',
                   'upsampler_image': None, 'upsampler': 'upsampler_image'}
-UPSAMPLER_METRICS = tuple(f'{source}_{name}' for source in ('real', 'ae')
+UPSAMPLER_METRICS = tuple(f'{source}_{name}' for source in ('real', 'ae', 'bilinear')
                           for name in ('l1', 'digit_l1', 'background_l1'))
 METRICS = {'autoencoder': ('digit_l1', 'colour_error', 'label_agreement', 'fid_md'),
            'image': ('label_agreement', 'fid_md'),
            'video': ('identity', 'label_agreement', 'fvd_md', 'fid_md', 'feature_change',
                      'colour_change', 'vanished'),
+           'decoder': ('fvd_md', 'fid_md', 'flicker', 'l1', 'image_fvd_md', 'image_flicker'),
            'upsampler_image': UPSAMPLER_METRICS, 'upsampler': UPSAMPLER_METRICS}
 
 
@@ -120,12 +127,32 @@ def upsampler_metrics(model) -> dict:
                                                                        key))
   digit = (real > -0.9).any(axis=-1)  # (b, f, h, w)
   values = {}
-  for source, low in (('real', low_res), ('ae', round_trip)):
-    errors = np.abs(np.asarray(upsample(model.params, low, jax.random.key(0))) - real).mean(-1)
+  bilinear = lambda params, low, key: upsampler_stage.resize_to(low, *real.shape[2:4])
+  for source, low, fn in (('real', low_res, upsample), ('ae', round_trip, upsample),
+                          ('bilinear', low_res, bilinear)):
+    errors = np.abs(np.asarray(fn(model.params, low, jax.random.key(0))) - real).mean(-1)
     values.update({f'{source}_l1': float(errors.mean()),
                    f'{source}_digit_l1': float(errors[digit].mean()),
                    f'{source}_background_l1': float(errors[~digit].mean())})
   return values
+
+
+def decoder_metrics(model) -> dict:
+  """`METRICS['decoder']` of `model` (a decoder stage) on the test clips."""
+  data_config = config_utils.override(model.stage.config, **{
+      'data.data_dir': os.path.join(_BASE_RUN.value, 'data')}).data
+  clips = next(pipeline.make_dataset(data_config, 'test', _NUM_CLIPS.value, shuffle=False,
+                                     seed=0))
+  clips = {k: v for k, v in clips.items() if v.dtype != object}
+  out = jax.jit(model.stage.sample)(model.params, clips, jax.random.key(0))
+  real = np.asarray(clips['video'])
+  nets = digits.load_or_train(digits.spec_from_data_config(data_config),
+                              os.path.join(_BASE_RUN.value, 'feature_nets'), seed=0)
+  temporal, image = (metrics.digit_video_metrics(nets, np.asarray(out[key]), real,
+                                                 references=real)
+                     for key in ('temporal_decoder', 'image_decoder'))
+  return dict(temporal, l1=float(np.abs(np.asarray(out['temporal_decoder']) - real).mean()),
+              image_fvd_md=image['fvd_md'], image_flicker=image['flicker'])
 
 
 def train_variant(workdir: str, overrides: dict) -> float:
@@ -153,6 +180,8 @@ def score(workdir: str, sampling: dict, overrides: dict) -> dict:
   if sampling:
     stage = type(stage)(config_utils.override(
         stage.config, **{f'sampling.{k}': v for k, v in sampling.items()}))
+  if _STAGE.value == 'decoder':
+    return decoder_metrics(video_ldm.Model(stage, model.params))
   if _STAGE.value.startswith('upsampler'):
     return upsampler_metrics(video_ldm.Model(stage, model.params))
   data_overrides = {k: v for k, v in overrides.items() if k.startswith('data.builder_kwargs')}

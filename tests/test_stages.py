@@ -141,8 +141,9 @@ def test_upsampler_noise_augmentation_is_eq5():
 
 @pytest.mark.parametrize('residual', [False, True])
 def test_residual_upsampler_generates_the_detail_over_the_resized_low_res(residual, monkeypatch):
-  """`residual`: trains on `x - resize(x_low)` and adds the DDIM output to `resize(x_low)`."""
-  model = load_stage('upsampler_image', **{'model.upsampler.residual': residual})
+  """`residual`: trains on `(x - resize(x_low)) * k`, returns `resize(x_low) + DDIM output / k`."""
+  model = load_stage('upsampler_image', **{'model.upsampler.residual': residual,
+                                           'model.upsampler.residual_scale': 2.0})
   x0 = jax.random.uniform(jax.random.key(5), (2, 1, 32, 32, 3), minval=-1, maxval=1)
   resized = jax.image.resize(upsampler.downsample(x0, 4), x0.shape, 'bilinear')
   targets = []
@@ -150,13 +151,13 @@ def test_residual_upsampler_generates_the_detail_over_the_resized_low_res(residu
                       lambda config, schedule, prediction, target, noised: (
                           targets.append(target), jnp.zeros(()))[1])
   model.stage.loss_fn(model.params, {'video': x0}, jax.random.key(6), 0)
-  np.testing.assert_allclose(targets[0], x0 - resized if residual else x0, atol=1e-6)
+  np.testing.assert_allclose(targets[0], 2.0 * (x0 - resized) if residual else x0, atol=1e-6)
 
   detail = 0.5 * jnp.sin(jnp.arange(32 * 32 * 3.0)).reshape(1, 1, 32, 32, 3)
   monkeypatch.setattr(latent, 'ddim_sample', lambda *args: jnp.tile(detail, (2, 1, 1, 1, 1)))
   low = upsampler.downsample(x0, 4)
   out = upsampler.upsample(model.stage, model.params, low, jax.random.key(7))
-  expected = jnp.clip((resized if residual else jnp.zeros_like(x0)) + detail, -1, 1)
+  expected = jnp.clip(resized + detail / 2.0 if residual else detail + jnp.zeros_like(x0), -1, 1)
   np.testing.assert_allclose(out, expected, atol=1e-6)
 
 

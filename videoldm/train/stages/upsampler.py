@@ -6,9 +6,9 @@ Pixel-space by default. The low-resolution frames are noise-augmented
 noisy input; `t_g` reaches the U-Net through its class embedding (as in
 Stable Diffusion's x4 upscaler), whose last row is the null class. Trained on
 random patches (`patch_size`), applied convolutionally to whole frames.
-With `residual`, the diffusion model generates `x - resize(x_low)`, the detail
-that the bilinearly resized (clean) low-resolution frames lack, and the
-output adds it back.
+With `residual`, the diffusion model generates `(x - resize(x_low)) *
+residual_scale`, the detail that the bilinearly resized (clean) low-resolution
+frames lack (scaled towards unit variance), and the output adds it back.
 
 `upsampler_image` trains the spatial U-Net on single frames; `upsampler`
 fine-tunes temporal layers on clips (`init_from` the image run, temporal
@@ -94,6 +94,11 @@ class UpsamplerStage(base.Stage):
     """The conditioning for `high_res` training/eval frames: see `condition_low_res`."""
     return self.condition_low_res(downsample(high_res, self.options.scale), key, noise_level)
 
+  @property
+  def target_scale(self) -> float:
+    """The factor on what the diffusion model generates: `residual_scale` or 1."""
+    return float(self.options.get('residual_scale', 1.0)) if self.options.get('residual') else 1.0
+
   def base(self, low: jax.Array) -> jax.Array:
     """What the diffusion model adds to: `low` resized x`scale` (`residual`), else zeros."""
     scale = self.options.scale
@@ -139,7 +144,7 @@ class UpsamplerStage(base.Stage):
     x0 = random_patches(video, self.options.patch_size, patch_key)
     low = downsample(x0, self.options.scale)
     condition, t_g = self.condition_low_res(low, aug_key)
-    target = x0 - self.base(low)  # b f H W 3: the frames, or their detail (`residual`)
+    target = (x0 - self.base(low)) * self.target_scale  # b f H W 3: frames or their detail
     noised = latent.add_noise(self.schedule, target, noise_key)
     prediction = self.apply_unet(params, noised.x_t, noised.t, condition, t_g)
     loss = latent.denoising_loss(self.config, self.schedule, prediction, target, noised)
@@ -161,7 +166,7 @@ def upsample(stage: UpsamplerStage, params, low_res: jax.Array, rng: jax.Array) 
   noise = jax.random.normal(rng, condition.shape)
   x = latent.ddim_sample(stage.config, stage.schedule, model_fn, [(condition, t_g)], [],
                          noise, rng)
-  return jnp.clip(stage.base(low_res) + x, -1, 1)
+  return jnp.clip(stage.base(low_res) + x / stage.target_scale, -1, 1)
 
 
 class ImageUpsamplerStage(UpsamplerStage):
