@@ -211,10 +211,11 @@ def get_config(arg=None):
   config.model.label_dropout = 0.1
   config.model.context_probs = (0.2, 0.4, 0.4)  # P(S = 0), P(S = 1), P(S = 2).
   config.model.interpolation = dict(num_key_frames=2, strides=(4, 1))  # Regimes 0 and 1.
-  # Residual: the diffusion model generates only the detail over the resized low-res frames;
-  # at 800 steps the plain model redraws digits as blotches (digit-pixel L1 0.20 vs 0.11,
-  # bench/RESULTS.md "Quickstart x4 upsampler").
+  # Residual: the diffusion model generates only the detail over the resized low-res frames,
+  # x8 (that detail has std 0.04). At 800 steps the plain model redraws digits as blotches:
+  # digit-pixel L1 0.20 -> 0.055, background grain 0.022 -> 0.006 (bench/RESULTS.md,
+  # "Quickstart x4 upsampler: residual").
   config.model.upsampler = dict(scale=4, max_noise_level=250, patch_size=32, residual=True,
-                                residual_scale=1.0)
+                                residual_scale=8.0)
   config.model.upsampler_unet = upsampler_unet_model(arg.runlocal, max_noise_level=250)
   return config
