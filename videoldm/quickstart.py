@@ -7,6 +7,8 @@ LDM, video prediction model, interpolation, temporal decoder, upsampler), each
 in `<workdir>/<stage>` and started from the previous one with `init_from`,
 then samples `<workdir>/video.mp4` (+ GIF and a contact sheet of frames).
 Re-running resumes: finished stages are skipped (`videoldm.train.chain`).
+On a CPU the host is split into one JAX device per core (`videoldm.host_devices`)
+and each stage's batch is split across them; set XLA_FLAGS to choose otherwise.
 """
 
 import os
@@ -16,6 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from videoldm import host_devices
 from videoldm.pipelines import generate
 from videoldm.pipelines import video_ldm
 from videoldm.train import chain
@@ -31,6 +34,8 @@ _UPSAMPLE = flags.DEFINE_bool('upsample', True, 'Apply the x4 video upsampler.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  devices = host_devices.use_one_device_per_core()  # Before JAX's first computation.
+  logging.info('CPU split into %d JAX devices (one per core) where JAX runs on the CPU.', devices)
   workdir = _WORKDIR.value
   config_file = _CONFIG.value or chain.default_config_file()
   start = time.time()
