@@ -30,6 +30,8 @@ def use_one_device_per_core(environ: MutableMapping[str, str] = os.environ,
   for flag in flags.split():
     if flag.startswith(DEVICE_COUNT_FLAG + '='):
       return int(flag.split('=', 1)[1])
-  count = cpu_device_count(cores or len(os.sched_getaffinity(0)))
+  if cores is None:  # The cores this process may use (Linux); all of them elsewhere (macOS).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  count = cpu_device_count(cores or 1)
   environ['XLA_FLAGS'] = f'{flags} {DEVICE_COUNT_FLAG}={count}'.strip()
   return count
