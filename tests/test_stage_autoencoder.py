@@ -102,6 +102,7 @@ def wiring():
   config = stage_config('autoencoder')
   config.unlock()
   config.model.loss.disc_start = 5
+  config.total_steps = 10  # The run reaches disc_start, so the discriminator is built.
   config.lock()
   stage = stages.get_stage('autoencoder')(config)
   batch = next(MovingNoise(config.data, 'train', 2, seed=0))

@@ -61,7 +61,7 @@ class AutoencoderStage(base.Stage):
     kl = jnp.mean(posterior.kl()) / (frames[0].size)
     generator, disc_loss, metrics = gan.gan_losses(
         frames, reconstruction, last_layer_vjp, self.discriminate, params['discriminator'],
-        step, self.config.model.loss)
+        step, self.config.model.loss, self.config.total_steps)
     loss = generator + self.config.model.loss.kl_weight * kl + disc_loss
     return loss, dict(metrics, kl_loss=kl)
 

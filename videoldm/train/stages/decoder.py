@@ -85,7 +85,7 @@ class DecoderStage(base.Stage):
     reconstruction, last_layer_vjp = self.reconstruct(params['autoencoder'], video, rng)
     generator, disc_loss, metrics = gan.gan_losses(
         video, reconstruction, last_layer_vjp, self.discriminate, params['discriminator'],
-        step, self.config.model.loss)
+        step, self.config.model.loss, self.config.total_steps)
     return generator + disc_loss, metrics
 
   def sample(self, params, batch, rng):

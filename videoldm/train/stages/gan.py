@@ -13,7 +13,8 @@ generator's gradient and the discriminator exactly the hinge loss's.
 decoder's last layer kernel (stop-gradient'd); `disc_factor` is 0 before
 `disc_start` (`adopt_weight`); before then an accelerator does not run the
 discriminator at all (`lax.cond`; its metrics log as 0), while a CPU runs it
-and weights it by 0 (`runs_discriminator_every_step`). `nll` is the mean
+and weights it by 0; a run that ends before `disc_start` never builds it
+(`discriminator_schedule`). `nll` is the mean
 absolute error per pixel.
 
 Config fields (`config.model.loss`, see `default_loss_config`): `kl_weight`,
@@ -95,28 +96,38 @@ def output_with_last_layer_vjp(apply_fn: Callable[[Any], jax.Array], params: Any
   return output, lambda cotangent: vjp(cotangent)[0]
 
 
-def runs_discriminator_every_step(loss_config: ml_collections.ConfigDict) -> bool:
-  """Whether the adversarial terms are computed at every step (and weighted by disc_factor).
+DISC_SCHEDULES = ('off', 'every_step', 'cond')
 
-  Yes when the discriminator is on from step 0, and on CPU: XLA's CPU backend
-  runs the convolutions inside a `lax.cond` branch several times slower than
-  the same ops outside one (quickstart autoencoder step 2690 vs 386 ms, temporal
-  decoder 3735 vs 851 ms), far more than the discriminator costs before
-  `disc_start` (336 vs 386 ms). Elsewhere `lax.cond` skips it until `disc_start`.
+
+def discriminator_schedule(loss_config: ml_collections.ConfigDict, total_steps: int) -> str:
+  """How a run computes the adversarial terms, one of `DISC_SCHEDULES`.
+
+  'off': `disc_start >= total_steps`, the run never reaches it, nothing is built.
+  'every_step': computed at every step and weighted by `disc_factor`: when the
+  discriminator is on from step 0, and on CPU, where XLA runs the gradient
+  convolutions inside a `lax.cond` branch several times slower than the same
+  ops outside one (quickstart autoencoder step 2690 vs 386 ms, temporal decoder
+  3735 vs 851 ms), far more than the discriminator costs before `disc_start`
+  (336 vs 386 ms). 'cond' (accelerators): `lax.cond` skips it until `disc_start`.
   """
-  return loss_config.disc_start <= 0 or jax.default_backend() == 'cpu'
+  if loss_config.disc_start >= total_steps:
+    return 'off'
+  if loss_config.disc_start <= 0 or jax.default_backend() == 'cpu':
+    return 'every_step'
+  return 'cond'
 
 
 def gan_losses(real: jax.Array, fake: jax.Array, last_layer_vjp: Callable[[jax.Array], Any],
                discriminate: Callable[[Any, jax.Array], jax.Array], disc_params: Any,
-               step: jax.Array, loss_config: ml_collections.ConfigDict,
+               step: jax.Array, loss_config: ml_collections.ConfigDict, total_steps: int,
                ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """`(generator, discriminator, metrics)` losses, see the module docstring.
 
   `real`/`fake` are the discriminator's inputs (data and reconstruction, the
   latter differentiable w.r.t. the autoencoder); `discriminate(params, x)`
   returns patch logits; `last_layer_vjp` maps a cotangent of `fake` to the
-  gradient w.r.t. the decoder's last kernel.
+  gradient w.r.t. the decoder's last kernel; `total_steps` (the run's) picks
+  the `discriminator_schedule`.
   """
   nll = jnp.mean(jnp.abs(real - fake))
   disc_factor = discriminator_lib.adopt_weight(1.0, step, loss_config.disc_start)
@@ -138,7 +149,10 @@ def gan_losses(real: jax.Array, fake: jax.Array, last_layer_vjp: Callable[[jax.A
   def skipped(fake):  # Before disc_start: the discriminator is not run at all.
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(adversarial, fake))
 
-  if runs_discriminator_every_step(loss_config):
+  schedule = discriminator_schedule(loss_config, total_steps)
+  if schedule == 'off':
+    terms = skipped(fake)
+  elif schedule == 'every_step':
     terms = adversarial(fake)  # Weighted by disc_factor below: zero before disc_start.
   else:  # lax.cond runs one branch, so steps before `disc_start` cost only the nll.
     terms = jax.lax.cond(disc_factor > 0, adversarial, skipped, fake)
