@@ -166,6 +166,17 @@ def test_compiled_step_skips_frozen_weight_gradients():
   assert temporal_flops < 0.75 * all_flops, (temporal_flops, all_flops)
 
 
+def test_one_call_compilation_matches_the_default_program():
+  # Param init compiled at XLA level 0 on CPU gives the same params as a plain jit.
+  config = toy_config()
+  stage = ToyStage(config)
+  batch = next(FakeVideos(config.data, 'train', config.batch_size, seed=0))
+  init = jax.jit(lambda key, batch: stage.init_params(key, batch))
+  once = train_step.compile_for_one_call(init, jax.random.key(3), batch)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               once(jax.random.key(3), batch), init(jax.random.key(3), batch))
+
+
 def test_trainable_regex_errors():
   params = {'conv': {'kernel': np.zeros((2, 2))}}
   with pytest.raises(ValueError, match="config.trainable='temporal' matches no parameter"):

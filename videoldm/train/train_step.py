@@ -91,6 +91,19 @@ def eval_params(state: TrainState, labels: Any) -> Any:
 # ----------------------------------------------------------------------------
 
 
+def compile_for_one_call(jitted, *args):
+  """`jitted` compiled for `args`; on CPU at XLA backend optimisation level 0.
+
+  For programs run once, such as param init, compiling costs far more than
+  running: the quickstart video stage's init (2 CPU devices) compiles in 17.2 s
+  at the default level and 10.9 s at level 0, and runs in 0.2 s.
+  """
+  lowered = jitted.lower(*args)
+  if jax.default_backend() == 'cpu':
+    return lowered.compile({'xla_backend_optimization_level': 0})
+  return lowered.compile()
+
+
 def _init_fn(stage: stages.Stage):
   return lambda rng, batch: stage.init_params(rng, stage.preprocess(batch))
 
@@ -139,7 +152,8 @@ def create_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
       return restored, state_sharding, labels, tx
 
   param_sharding = state_sharding.params
-  params = jax.jit(_init_fn(stage), out_shardings=param_sharding)(init_key, batch)
+  init = jax.jit(_init_fn(stage), out_shardings=param_sharding)
+  params = compile_for_one_call(init, init_key, batch)(init_key, batch)
   init_config = config.get('init_from')
   if checkpointing.init_from_enabled(init_config):
     host_params = checkpointing.load_init_params(init_config, jax.device_get(params))
