@@ -14,8 +14,7 @@ decoder's last layer kernel (stop-gradient'd); `disc_factor` is 0 before
 `disc_start` (`adopt_weight`); before then an accelerator does not run the
 discriminator at all (`lax.cond`; its metrics log as 0), while a CPU runs it
 and weights it by 0; a run that ends before `disc_start` never builds it
-(`discriminator_schedule`). `nll` is the mean
-absolute error per pixel.
+(`discriminator_schedule`). `nll` is the mean absolute error per pixel.
 
 Config fields (`config.model.loss`, see `default_loss_config`): `kl_weight`,
 `disc_weight`, `disc_start`, `disc_loss` ('hinge' or 'vanilla'),
