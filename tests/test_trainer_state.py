@@ -177,6 +177,29 @@ def test_one_call_compilation_matches_the_default_program():
                once(jax.random.key(3), batch), init(jax.random.key(3), batch))
 
 
+def test_step_compiled_in_background_matches_the_jitted_step():
+  # The trainer compiles the update step in a thread from the abstract state while the
+  # params are initialised; that executable must step exactly as the jitted function.
+  config = toy_config()
+  mesh = sharding_lib.make_mesh(config.mesh)
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  batch = pipeline.global_batch_to_device(
+      next(FakeVideos(config.data, 'train', config.batch_size, seed=0)), batch_sharding)
+  stage, key = ToyStage(config), jax.random.key(0)
+  planned = train_step.plan_train_state(stage, config, mesh, batch, key)
+  abstract, state_sharding, labels, tx = planned
+  step = train_step.make_train_step(stage, config, labels, tx, state_sharding, batch_sharding, key)
+  compiling = train_step.compile_in_background(step, abstract, batch)
+  state, *_ = train_step.create_train_state(stage, config, mesh, batch, key, planned=planned)
+  host_state = jax.device_get(state)
+  background_state, background_metrics = compiling.result()(state, batch)
+  jitted_state, jitted_metrics = step(jax.device_put(host_state, state_sharding), batch)
+  assert int(background_state.step) == 1
+  for name, leaf in flat(background_state).items():
+    np.testing.assert_array_equal(leaf, flat(jitted_state)[name], err_msg=name)
+  np.testing.assert_array_equal(background_metrics['loss'], jitted_metrics['loss'])
+
+
 def test_trainable_regex_errors():
   params = {'conv': {'kernel': np.zeros((2, 2))}}
   with pytest.raises(ValueError, match="config.trainable='temporal' matches no parameter"):
@@ -212,6 +235,30 @@ def test_init_from_checkpoint_loads_params_and_ema(tmp_path):
   assert loaded.keys() == expected.keys() and len(flat(source.ema_params)) == 2
   for path, value in loaded.items():
     np.testing.assert_allclose(value, expected[path], rtol=1e-6 if path == 'conv_out/bias' else 0)
+
+
+def test_init_from_initialises_only_the_params_the_source_lacks(tmp_path, monkeypatch):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  config = toy_config()
+  mesh = sharding_lib.make_mesh(config.mesh)
+  batch = pipeline.global_batch_to_device(next(FakeVideos(config.data, 'train', 8, seed=0)),
+                                          sharding_lib.batch_sharding(mesh))
+  fresh, *_ = train_step.create_train_state(ToyStage(config), config, mesh, batch,
+                                            jax.random.key(1))
+  fresh = flat(fresh.params)
+  source = {path: value + 1.0 for path, value in fresh.items() if not path.startswith('conv_out')}
+  save_file(source, str(tmp_path / 'p.safetensors'))
+  initialised = []
+  init_some = train_step._init_some  # pylint: disable=protected-access
+  monkeypatch.setattr(train_step, '_init_some', lambda *args: initialised.append(args[-1]) or
+                      init_some(*args))
+  config = toy_config(init_from=_init_config(path=str(tmp_path / 'p.safetensors'),
+                                             exempt=['^conv_out/']))
+  loaded, *_ = train_step.create_train_state(ToyStage(config), config, mesh, batch,
+                                             jax.random.key(1))
+  assert initialised == [['conv_out/bias', 'conv_out/kernel']]
+  for path, value in flat(loaded.params).items():  # Kept leaves: exactly the full init's.
+    np.testing.assert_array_equal(value, source.get(path, fresh[path]), err_msg=path)
 
 
 def test_init_from_files_and_strict_name_check(tmp_path):

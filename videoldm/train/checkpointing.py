@@ -12,7 +12,7 @@ import base64
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import flax
@@ -212,11 +212,20 @@ def init_from_enabled(init_config) -> bool:
   return init_config is not None and bool(init_config.get('workdir') or init_config.get('path'))
 
 
-def load_init_params(init_config, target: Any) -> Any:
-  """`target` with every non-exempt leaf replaced by the one from `init_config`'s source."""
+def load_init_params(init_config, target: Any,
+                     init_kept: Callable[[list[str]], dict[str, Any]] | None = None) -> Any:
+  """`target` with every non-exempt leaf replaced by the one from `init_config`'s source.
+
+  With `init_kept`, `target` may be abstract (ShapeDtypeStructs): the names are
+  checked first, then `init_kept(paths)` gives the values of the leaves that
+  keep their init (a flat dict), so only those are ever initialised.
+  """
   description, source = read_source_params(init_config)
   params, kept_init = merge_init_params(target, source, init_config.get('exempt') or (),
                                         description, init_config.get('ignore') or ())
+  if init_kept is not None:
+    params = flax.traverse_util.unflatten_dict({**_flat(params), **init_kept(kept_init)},
+                                               sep='/')
   logging.info('Initialised params from %s; %d exempt params keep their init: %s',
                description, len(kept_init), kept_init)
   return params

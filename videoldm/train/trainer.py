@@ -167,13 +167,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return state
 
   example = pipeline.global_batch_to_device(peek(train_iter), batch_sharding)
-  state, state_sharding, labels, tx = train_step_lib.create_train_state(
-      stage, config, mesh, example, init_key, restore)
-  del example
+  planned = train_step_lib.plan_train_state(stage, config, mesh, example, init_key)
+  abstract_state, state_sharding, labels, tx = planned
+  # The update step compiles in a thread while the params are initialised or restored.
+  compiling = train_step_lib.compile_in_background(
+      train_step_lib.make_train_step(stage, config, labels, tx, state_sharding,
+                                     batch_sharding, train_key), abstract_state, example)
+  state, *_ = train_step_lib.create_train_state(stage, config, mesh, example, init_key,
+                                                restore, planned=planned)
+  del example, abstract_state
 
   # -------------------------------------------------------------- update step
-  train_step = train_step_lib.make_train_step(stage, config, labels, tx, state_sharding,
-                                              batch_sharding, train_key)
+  train_step = compiling.result()
   replicated = sharding_lib.replicated(mesh)
   eval_loss = jax.jit(lambda params, batch, rng, step: stage.loss_fn(
       params, stage.preprocess(batch), rng, step), out_shardings=replicated)
