@@ -25,8 +25,8 @@ Config fields read here (configs/ set them; optional ones have the default shown
   data                      the data ConfigDict (passed to `make_dataset`).
   model                     stage-specific.
 
-A fresh run initialises params with `stage.init_params`, loads `init_from`,
-then runs `stage.calibrate` once; a run whose workdir has checkpoints resumes
+A fresh run initialises params with `stage.init_params` (with `init_from`, only
+those its source lacks), loads `init_from`, then runs `stage.calibrate` once; a run whose workdir has checkpoints resumes
 from the newest readable one (state, data iterator position) instead.
 SIGTERM saves a checkpoint at the next step boundary and returns normally.
 """
