@@ -6,7 +6,7 @@ one JAX device per core as the quickstart runs, with a batch of zeros:
   before  the whole param tree's init compiled and run, then the update step
           compiled (what the trainer did until stop 22);
   ours    only the params the source lacks (`init_from.exempt`) initialised
-          (`train_step._init_some`) while the update step compiles in a
+          (`train_step.init_params_at`) while the update step compiles in a
           thread (`train_step.compile_in_background`).
 
 Loading the source checkpoint is left out (the same in both). Each row runs the
@@ -70,7 +70,7 @@ def start(stage, config, mesh, batch, key, kept, ours: bool) -> float:
                                     sharding_lib.batch_sharding(mesh), key)
   if ours:
     compiling = train_step.compile_in_background(step, abstract, batch)
-    common.block(train_step._init_some(stage, state_sharding.params, key, batch, kept))  # pylint: disable=protected-access
+    common.block(train_step.init_params_at(stage, state_sharding.params, key, batch, kept))
     compiling.result()
   else:
     init = jax.jit(lambda rng, batch: stage.init_params(rng, stage.preprocess(batch)),

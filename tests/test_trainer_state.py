@@ -249,8 +249,8 @@ def test_init_from_initialises_only_the_params_the_source_lacks(tmp_path, monkey
   source = {path: value + 1.0 for path, value in fresh.items() if not path.startswith('conv_out')}
   save_file(source, str(tmp_path / 'p.safetensors'))
   initialised = []
-  init_some = train_step._init_some  # pylint: disable=protected-access
-  monkeypatch.setattr(train_step, '_init_some', lambda *args: initialised.append(args[-1]) or
+  init_some = train_step.init_params_at
+  monkeypatch.setattr(train_step, 'init_params_at', lambda *args: initialised.append(args[-1]) or
                       init_some(*args))
   config = toy_config(init_from=_init_config(path=str(tmp_path / 'p.safetensors'),
                                              exempt=['^conv_out/']))

@@ -110,8 +110,8 @@ def _init_fn(stage: stages.Stage):
   return lambda rng, batch: stage.init_params(rng, stage.preprocess(batch))
 
 
-def _init_some(stage: stages.Stage, param_sharding: Any, init_key: jax.Array, batch: dict,
-               paths: list[str]) -> dict[str, jax.Array]:
+def init_params_at(stage: stages.Stage, param_sharding: Any, init_key: jax.Array,
+                   batch: dict, paths: list[str]) -> dict[str, jax.Array]:
   """The initial values of the params at `paths` ('/'-joined), as a full init gives them.
 
   XLA drops the initialisers of all other params: the video stage, whose
@@ -156,8 +156,8 @@ def compile_in_background(jitted, *args) -> concurrent.futures.Future:
   """A future of `jitted` lowered and compiled for `args` (arrays or ShapeDtypeStructs).
 
   XLA compiles without holding the GIL, so the train step compiles on one core
-  while the main thread initialises and loads the params on another (the
-  quickstart's stages start 5-10 s sooner on 2 cores).
+  while the main thread initialises and loads the params on another
+  (`bench/stage_start.py`).
   """
   executor = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                    thread_name_prefix='compile')
@@ -189,7 +189,7 @@ def create_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
   param_sharding = state_sharding.params
   init_config = config.get('init_from')
   if checkpointing.init_from_enabled(init_config):
-    init_kept = functools.partial(_init_some, stage, param_sharding, init_key, batch)
+    init_kept = functools.partial(init_params_at, stage, param_sharding, init_key, batch)
     host_params = checkpointing.load_init_params(init_config, abstract_state.params, init_kept)
     params = jax.device_put(host_params, param_sharding)
   else:

@@ -26,8 +26,9 @@ Config fields read here (configs/ set them; optional ones have the default shown
   model                     stage-specific.
 
 A fresh run initialises params with `stage.init_params` (with `init_from`, only
-those its source lacks), loads `init_from`, then runs `stage.calibrate` once; a run whose workdir has checkpoints resumes
-from the newest readable one (state, data iterator position) instead.
+those its source lacks), loads `init_from`, then runs `stage.calibrate` once; a
+run whose workdir has checkpoints resumes from the newest readable one (state,
+data iterator position) instead.
 SIGTERM saves a checkpoint at the next step boundary and returns normally.
 """
 
