@@ -22,6 +22,7 @@ from absl import logging
 from clu import metric_writers
 import numpy as np
 
+from videoldm import host_devices
 from videoldm.data import pipeline
 from videoldm.evaluation import clip_score
 from videoldm.evaluation import digits
@@ -105,6 +106,7 @@ def evaluate(run_dir: str, num_videos: int, batch_size: int = 8, seed: int = 0,
 
 def main(argv):
   del argv
+  host_devices.use_one_device_per_core()  # Sampling splits the videos over the cores.
   evaluate(_WORKDIR.value, _NUM_VIDEOS.value, _BATCH.value, _SEED.value, _INCEPTION.value,
            _I3D.value, _CLIP.value, _GUIDANCE.value, _ETA.value)
 

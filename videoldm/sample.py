@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from videoldm import host_devices
 from videoldm.pipelines import generate
 from videoldm.pipelines import video_ldm
 
@@ -67,6 +68,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required.')
+  host_devices.use_one_device_per_core()  # Before JAX starts: the videos split over the cores.
   count = generate.generate(_WORKDIR.value, settings_from_flags(), _OUT.value, _FPS.value,
                             _GIF.value, spatial_from=_SPATIAL_FROM.value)
   logging.info('Done: %d frames in %s.', count, _OUT.value)

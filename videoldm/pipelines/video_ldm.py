@@ -10,7 +10,9 @@
 
 Each step is a generator over frames `(b, ...)` that holds only a window, so
 memory stays flat as the requested length grows; each step's compiled
-function sees one fixed shape and is reused for every window.
+function sees one fixed shape and is reused for every window. Where the
+videos divide evenly over the devices (one per core on a CPU:
+`videoldm.host_devices`), every step runs data-parallel over them.
 """
 
 import dataclasses
@@ -21,6 +23,7 @@ from typing import Iterator
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from videoldm import config_utils
 from videoldm.models import unet as unet_lib
@@ -78,10 +81,23 @@ def num_key_frames(settings: Settings) -> int:
   return math.ceil((settings.num_frames - 1) / factor) + 1
 
 
-class VideoLDM:
-  """Generates videos from trained stages: `frames()` yields `(b, H, W, 3)` in [-1, 1]."""
+def batch_mesh(batch: int, devices=None) -> jax.sharding.Mesh | None:
+  """A 1-D 'batch' mesh over `devices` (default: this process's) if they divide `batch`."""
+  if devices is None:
+    devices = jax.local_devices() if jax.process_count() == 1 else jax.local_devices()[:1]
+  if len(devices) < 2 or batch % len(devices):
+    return None
+  return jax.sharding.Mesh(np.asarray(devices), ('batch',))
 
-  def __init__(self, models: dict[str, Model], settings: Settings):
+
+class VideoLDM:
+  """Generates videos from trained stages: `frames()` yields `(b, H, W, 3)` in [-1, 1].
+
+  `devices`: where the videos are spread (default: all of this process's devices,
+  when they divide the number of videos; else the default device alone).
+  """
+
+  def __init__(self, models: dict[str, Model], settings: Settings, devices=None):
     # Text mode: the text video stage samples the first window itself and its
     # autoencoder stands in for the image stage's.
     self.text_mode = bool(settings.prompts)
@@ -109,6 +125,12 @@ class VideoLDM:
     self.labels = jnp.asarray(settings.labels, jnp.int32)
     if self.text_mode:  # Token ids (b, n) stand in for the labels.
       self.labels = jnp.asarray(models['video'].stage.tokenize_fn(settings.prompts), jnp.int32)
+    self.mesh = batch_mesh(self.labels.shape[0], devices)
+    if self.mesh is not None:  # Params on every device, videos split across them.
+      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      self.models = {name: Model(model.stage, jax.device_put(model.params, replicated))
+                     for name, model in self.models.items()}
+      self.labels = self.shard(self.labels)
     video_config = models['video'].stage.config
     self.window = settings.window_frames or video_config.data.num_frames
     if self.window < 3:
@@ -150,6 +172,13 @@ class VideoLDM:
                                              params, context_latents, mask, labels, key)
     return jax.jit(predict)
 
+  def shard(self, batch: jax.Array) -> jax.Array:
+    """`batch` `(n b, ...)` split over the mesh's devices along its first axis."""
+    if self.mesh is None:
+      return batch
+    spec = jax.sharding.PartitionSpec('batch')
+    return jax.device_put(batch, jax.sharding.NamedSharding(self.mesh, spec))
+
   def compiled(self, name: str):
     """The jitted function of one step, built once and reused for every window."""
     if name not in self._compiled:
@@ -178,7 +207,7 @@ class VideoLDM:
     for window in itertools.count():
       mask = latent.leading_frames_mask(jnp.full((b,), num_context), self.window)
       logging.info('Key-frame window %d (%d context frames).', window, num_context)
-      z = self.compiled('predict')(video_params, context, mask, self.labels,
+      z = self.compiled('predict')(video_params, self.shard(context), mask, self.labels,
                                    jax.random.fold_in(key, window))
       for i in range(0 if window == 0 else num_context, self.window):
         yield z[:, i]
@@ -188,7 +217,7 @@ class VideoLDM:
   def encode(self, frames: jax.Array) -> jax.Array:
     """Given frames `(b, n, H, W, 3)` in [-1, 1] -> latents `(b, n, h, w, c)` (posterior mean)."""
     image = self.models['image']
-    return latent.encode_video(image.stage.autoencoder, image.params, frames, None)
+    return latent.encode_video(image.stage.autoencoder, image.params, self.shard(frames), None)
 
   # ---------------------------------------------------------- interpolation
   def _interpolate_fn(self):
@@ -250,9 +279,9 @@ class VideoLDM:
         if i < k - 1:
           frames.extend([jnp.zeros_like(frame)] * (step - 1))
       stacked.append(jnp.stack(frames, axis=1))  # (b, 4 (k-1) + 1, h, w, c)
-    batch = jnp.concatenate(stacked, axis=0)  # (per_call b, L, h, w, c)
-    labels = jnp.tile(self.labels, per_call)
-    regimes = jnp.full((per_call * b,), regime, jnp.int32)
+    batch = self.shard(jnp.concatenate(stacked, axis=0))  # (per_call b, L, h, w, c)
+    labels = self.shard(jnp.tile(self.labels, per_call))
+    regimes = self.shard(jnp.full((per_call * b,), regime, jnp.int32))
     out = self.compiled('interpolate')(params, batch, labels, regimes,
                                        jax.random.fold_in(key, call))
     for w in range(count):
@@ -282,7 +311,8 @@ class VideoLDM:
     image_params = self.models['image'].params
     model = self.models.get('decoder') or self.models['image']
     overlap = self.settings.decode_overlap if 'decoder' in self.models else 0
-    fn = lambda z: self.compiled('decode')(model.params, image_params['latent_scale'], z)
+    fn = lambda z: self.compiled('decode')(model.params, image_params['latent_scale'],
+                                           self.shard(z))
     return streams.chunked_overlap(latents, self.settings.decode_chunk, overlap, fn)
 
   def _upsample_fn(self):
@@ -292,7 +322,7 @@ class VideoLDM:
   def upsample(self, frames: Iterator[jax.Array], key: jax.Array) -> Iterator[jax.Array]:
     params = self.models['upsampler'].params
     counter = itertools.count()
-    fn = lambda x: self.compiled('upsample')(params, jnp.clip(x, -1, 1),
+    fn = lambda x: self.compiled('upsample')(params, self.shard(jnp.clip(x, -1, 1)),
                                              jax.random.fold_in(key, next(counter)))
     return streams.chunked(frames, self.settings.upsample_window, fn)
 
