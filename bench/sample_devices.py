@@ -32,10 +32,10 @@ def main():
 
   models = loading.load_run(ARGS.run)
   labels = tuple(int(label) for label in ARGS.labels.split(','))
+  settings = video_ldm.Settings(num_frames=ARGS.num_frames, labels=labels,
+                                upsample='upsampler' in models)
   seconds = {}
   for devices in (jax.devices()[:1], jax.devices()):
-    settings = video_ldm.Settings(num_frames=ARGS.num_frames, labels=labels,
-                                  upsample='upsampler' in models)
     pipeline = video_ldm.VideoLDM(models, settings, devices=devices)
     for frame in itertools.islice(pipeline.frames(), 9):  # Compiles every step.
       jax.block_until_ready(frame)
