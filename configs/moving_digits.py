@@ -56,6 +56,10 @@ def unet_model(runlocal: bool) -> ml_collections.ConfigDict:
   config.cross_attention_dim = None
   config.num_class_embeds = 11
   config.norm_num_groups = 8
+  # Scale-shift (AdaGN) ResBlocks: the time + class embedding modulates each normalised
+  # feature map instead of adding a bias. Quickstart image LDM label agreement 0.737 -> 0.833,
+  # FID-md 251 -> 212 (bench/RESULTS.md, "Quickstart image LDM: scale-shift ResBlocks").
+  config.resnet_time_scale_shift = 'scale_shift'
   # (3, 1, 1) temporal convs, as the paper-scale configs: as good as (3, 3, 3) for the
   # prediction model at 200 steps and cheaper (bench/RESULTS.md, "Quickstart video model").
   config.temporal.conv_kernel_size = (3, 1, 1)

@@ -36,15 +36,17 @@ def test_timestep_embedding_matches_diffusers(flip, shift, dim):
   np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize('in_ch, out_ch, with_temb', [(16, 32, True), (32, 32, True),
-                                                      (16, 16, False)])
-def test_resblock_matches_resnet_block_2d(in_ch, out_ch, with_temb):
+@pytest.mark.parametrize('in_ch, out_ch, with_temb, norm', [
+    (16, 32, True, 'default'), (32, 32, True, 'default'), (16, 16, False, 'default'),
+    (16, 32, True, 'scale_shift'), (32, 32, True, 'scale_shift')])
+def test_resblock_matches_resnet_block_2d(in_ch, out_ch, with_temb, norm):
   torch_block = ref.randomize_(d_resnet.ResnetBlock2D(
       in_channels=in_ch, out_channels=out_ch, temb_channels=24 if with_temb else None,
-      groups=8, eps=1e-6, output_scale_factor=2.0))
+      groups=8, eps=1e-6, output_scale_factor=2.0, time_embedding_norm=norm))
   x, temb = _inputs(2, 8, 8, in_ch), _inputs(2, 24, seed=1)
   temb_arg = temb if with_temb else None
-  ours = _run_flax(layers.ResBlock(out_ch, groups=8, eps=1e-6, output_scale_factor=2.0),
+  ours = _run_flax(layers.ResBlock(out_ch, groups=8, eps=1e-6, output_scale_factor=2.0,
+                                   time_embedding_norm=norm),
                    x, temb_arg, torch_module=torch_block)
   with torch.no_grad():
     theirs = torch_block(ref.nchw(x), torch.from_numpy(temb) if with_temb else None)
@@ -57,6 +59,15 @@ def test_resblock_param_names_follow_diffusers():
   shapes = jax.eval_shape(layers.ResBlock(16, groups=4).init, jax.random.key(0),
                           jnp.zeros((1, 4, 4, 8)), jnp.zeros((1, 4)))['params']
   assert sorted(shapes) == sorted({k.split('.')[0] for k in torch_block.state_dict()})
+
+
+def test_resblock_rejects_unknown_time_embedding_norm():
+  block = layers.ResBlock(8, groups=4, time_embedding_norm='film')
+  with pytest.raises(ValueError, match="time_embedding_norm='film' is not one of"):
+    block.init(jax.random.key(0), jnp.zeros((1, 4, 4, 8)), jnp.zeros((1, 4)))
+  block = layers.ResBlock(8, groups=4, time_embedding_norm='scale_shift')
+  with pytest.raises(ValueError, match="'scale_shift' needs a time embedding; got temb=None"):
+    block.init(jax.random.key(0), jnp.zeros((1, 4, 4, 8)))
 
 
 @pytest.mark.parametrize('padding, torch_padding', [('same', 1), ('asymmetric', 0)])

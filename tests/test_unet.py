@@ -14,13 +14,13 @@ from videoldm.models import unet as unet_lib
 import diffusers_reference as ref
 
 # SD-1-like: conv projections, heads per level (diffusers' attention_head_dim),
-# class labels, non-default timestep embedding.
+# class labels, non-default timestep embedding, scale-shift (AdaGN) ResBlocks.
 SD1_TINY = dict(
     sample_size=16, in_channels=4, out_channels=4, block_out_channels=[32, 64],
     layers_per_block=1, down_block_types=['CrossAttnDownBlock2D', 'DownBlock2D'],
     up_block_types=['UpBlock2D', 'CrossAttnUpBlock2D'], attention_head_dim=4,
     cross_attention_dim=16, norm_num_groups=8, num_class_embeds=5,
-    flip_sin_to_cos=False, freq_shift=1)
+    flip_sin_to_cos=False, freq_shift=1, resnet_time_scale_shift='scale_shift')
 # SD-2-like: linear projections, 16-channel heads, attention at every level,
 # two transformer layers at the lowest level.
 SD2_TINY = dict(
@@ -161,6 +161,10 @@ def test_bad_config_raises_value_error():
     unet_lib.validate_config(config)
   with pytest.raises(ValueError, match="'sdxl'"):
     unet_lib.unet_config('sdxl')
+  config = unet_lib.unet_config('tiny')
+  config.resnet_time_scale_shift = 'film'
+  with pytest.raises(ValueError, match="resnet_time_scale_shift 'film' is not one of"):
+    unet_lib.validate_config(config)
 
 
 def test_class_embedding_starts_at_unit_scale_like_torch_embedding():

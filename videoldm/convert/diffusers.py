@@ -27,7 +27,7 @@ _UNET_REQUIRED = {
     'mid_block_scale_factor': 1, 'mid_block_type': 'UNetMidBlock2DCrossAttn',
     'only_cross_attention': False, 'projection_class_embeddings_input_dim': None,
     'resnet_out_scale_factor': 1.0, 'resnet_skip_time_act': False,
-    'resnet_time_scale_shift': 'default', 'reverse_transformer_layers_per_block': None,
+    'reverse_transformer_layers_per_block': None,
     'time_cond_proj_dim': None, 'time_embedding_act_fn': None,
     'time_embedding_dim': None, 'time_embedding_type': 'positional',
     'timestep_post_act': None,
@@ -40,7 +40,7 @@ _UNET_MAPPED = {
     'down_block_types', 'up_block_types', 'attention_head_dim',
     'num_attention_heads', 'transformer_layers_per_block', 'cross_attention_dim',
     'use_linear_projection', 'num_class_embeds', 'flip_sin_to_cos', 'freq_shift',
-    'norm_num_groups', 'norm_eps', 'dropout',
+    'norm_num_groups', 'norm_eps', 'dropout', 'resnet_time_scale_shift',
 }
 _DOWN_TYPES = {'CrossAttnDownBlock2D': True, 'DownBlock2D': False}
 _UP_TYPES = {'CrossAttnUpBlock2D': True, 'UpBlock2D': False}
@@ -105,7 +105,8 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any]) -> ml_collections.ConfigD
       freq_shift=float(cfg.get('freq_shift', 0)),
       norm_num_groups=cfg.get('norm_num_groups', 32),
       norm_eps=float(cfg.get('norm_eps', 1e-5)),
-      dropout=float(cfg.get('dropout', 0.0))))
+      dropout=float(cfg.get('dropout', 0.0)),
+      resnet_time_scale_shift=cfg.get('resnet_time_scale_shift', 'default')))
   if cfg.get('num_class_embeds') is not None:
     config.num_class_embeds = cfg['num_class_embeds']
   unet_lib.validate_config(config)
@@ -137,7 +138,8 @@ def unet_config_to_diffusers(config: ml_collections.ConfigDict) -> dict[str, Any
       num_class_embeds=config.num_class_embeds,
       flip_sin_to_cos=config.flip_sin_to_cos, freq_shift=config.freq_shift,
       norm_num_groups=config.norm_num_groups, norm_eps=config.norm_eps,
-      dropout=config.dropout)
+      dropout=config.dropout,
+      resnet_time_scale_shift=config.get('resnet_time_scale_shift', 'default'))
 
 
 def unet_param_shapes(config: ml_collections.ConfigDict):

@@ -74,11 +74,16 @@ class TimestepEmbedding(nn.Module):
     return nn.Dense(self.time_embed_dim, dtype=self.dtype, name='linear_2')(hidden)
 
 
-class ResBlock(nn.Module):
-  """diffusers `ResnetBlock2D` (time-embedding norm 'default').
+TIME_EMBEDDING_NORMS = ('default', 'scale_shift')
 
-  `time_emb_proj` exists only when called with `temb`; `conv_shortcut` only
-  when input and output channels differ.
+
+class ResBlock(nn.Module):
+  """diffusers `ResnetBlock2D`, time-embedding norm 'default' or 'scale_shift'.
+
+  'default' adds the projected time embedding before `norm2`; 'scale_shift'
+  (ADM's AdaGN) projects it to `2 * out_channels` and modulates the output of
+  `norm2` as `norm2(h) * (1 + scale) + shift`. `time_emb_proj` exists only when
+  called with `temb`; `conv_shortcut` only when input and output channels differ.
   """
 
   out_channels: int
@@ -87,17 +92,30 @@ class ResBlock(nn.Module):
   dropout: float = 0.0
   output_scale_factor: float = 1.0
   dtype: jnp.dtype = jnp.float32
+  time_embedding_norm: str = 'default'
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
+    if self.time_embedding_norm not in TIME_EMBEDDING_NORMS:
+      raise ValueError(f'ResBlock time_embedding_norm={self.time_embedding_norm!r} is not '
+                       f'one of {TIME_EMBEDDING_NORMS}.')
+    scale_shift = self.time_embedding_norm == 'scale_shift'
+    if scale_shift and temb is None:
+      raise ValueError("ResBlock time_embedding_norm='scale_shift' needs a time embedding; "
+                       'got temb=None.')
     hidden = group_norm(self.groups, self.eps, self.dtype, 'norm1')(x)
     hidden = conv3x3(self.out_channels, self.dtype, 'conv1')(nn.silu(hidden))
     if temb is not None:
-      temb = nn.Dense(self.out_channels, dtype=self.dtype, name='time_emb_proj')(
-          nn.silu(temb))
-      hidden = hidden + temb[:, None, None, :]  # (b, 1, 1, c)
+      temb = nn.Dense(self.out_channels * (2 if scale_shift else 1), dtype=self.dtype,
+                      name='time_emb_proj')(nn.silu(temb))
+      temb = temb[:, None, None, :]  # (b, 1, 1, c) or (b, 1, 1, 2c)
+      if not scale_shift:
+        hidden = hidden + temb
     hidden = group_norm(self.groups, self.eps, self.dtype, 'norm2')(hidden)
+    if temb is not None and scale_shift:
+      scale, shift = jnp.split(temb, 2, axis=-1)  # (b, 1, 1, c) each
+      hidden = hidden * (1 + scale) + shift
     hidden = nn.Dropout(self.dropout)(nn.silu(hidden), deterministic=deterministic)
     hidden = conv3x3(self.out_channels, self.dtype, 'conv2')(hidden)
     if x.shape[-1] != self.out_channels:

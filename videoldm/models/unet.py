@@ -52,6 +52,8 @@ def unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
     flip_sin_to_cos, freq_shift: timestep embedding (see `timestep_embedding`).
     norm_num_groups, norm_eps: ResBlock / output GroupNorm.
     dropout: ResBlock dropout.
+    resnet_time_scale_shift: how ResBlocks take the time (+ class) embedding:
+      'default' (added, as SD) or 'scale_shift' (AdaGN, as diffusers' key).
     prediction_type: 'eps', 'v' or 'x0' (metadata read by samplers and losses).
     attention_implementation: None (automatic: query-blocked on CPU for long
       sequences), 'xla', 'cudnn' or 'blocked' (`attention.dot_product_attention`).
@@ -65,7 +67,7 @@ def unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
       use_linear_projection=False, num_class_embeds=None,
       flip_sin_to_cos=True, freq_shift=0.0, norm_num_groups=8, norm_eps=1e-5,
       dropout=0.0, prediction_type='eps', attention_implementation=None,
-      dtype='float32'))
+      dtype='float32', resnet_time_scale_shift='default'))
   if variant == 'tiny':
     config.cross_attention_dim = 16
   elif variant in ('sd15', 'sd21'):
@@ -134,6 +136,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.prediction_type not in PREDICTION_TYPES:
     raise ValueError(f'prediction_type {config.prediction_type!r} is not one of '
                      f'{PREDICTION_TYPES}.')
+  norm = config.get('resnet_time_scale_shift', 'default')
+  if norm not in layers.TIME_EMBEDDING_NORMS:
+    raise ValueError(f'resnet_time_scale_shift {norm!r} is not one of '
+                     f'{layers.TIME_EMBEDDING_NORMS}.')
   if config.num_class_embeds is not None and config.num_class_embeds < 2:
     raise ValueError(f'num_class_embeds={config.num_class_embeds} must count at '
                      'least one class plus the null class.')
@@ -160,6 +166,7 @@ class BlockOptions:
   use_linear_projection: bool
   implementation: str | None
   dtype: Any
+  time_embedding_norm: str
 
 
 class UNetLevel(nn.Module):
@@ -175,7 +182,8 @@ class UNetLevel(nn.Module):
   def make_layers(self):
     opts = self.options
     self.resnets = [layers.ResBlock(self.out_channels, opts.groups, opts.eps,
-                                    opts.dropout, dtype=opts.dtype)
+                                    opts.dropout, dtype=opts.dtype,
+                                    time_embedding_norm=opts.time_embedding_norm)
                     for _ in range(self.num_layers)]
     if self.has_attention:
       self.attentions = [attention_lib.SpatialTransformer(
@@ -273,7 +281,9 @@ class UNet(nn.Module):
     return BlockOptions(cfg.norm_num_groups, cfg.norm_eps, cfg.dropout,
                         cfg.cross_attention_dim is not None,
                         cfg.use_linear_projection, cfg.attention_implementation,
-                        jnp.dtype(cfg.dtype))
+                        jnp.dtype(cfg.dtype),
+                        # Configs saved before the key existed mean 'default'.
+                        cfg.get('resnet_time_scale_shift', 'default'))
 
   def check_inputs(self, x, timesteps, context, class_labels):
     """Validates shapes; returns timesteps broadcast to `(b,)`."""
