@@ -113,7 +113,7 @@ class ResBlock(nn.Module):
       if not scale_shift:
         hidden = hidden + temb
     hidden = group_norm(self.groups, self.eps, self.dtype, 'norm2')(hidden)
-    if temb is not None and scale_shift:
+    if scale_shift:  # temb is set: checked above.
       scale, shift = jnp.split(temb, 2, axis=-1)  # (b, 1, 1, c) each
       hidden = hidden * (1 + scale) + shift
     hidden = nn.Dropout(self.dropout)(nn.silu(hidden), deterministic=deterministic)
