@@ -45,8 +45,8 @@ from videoldm.evaluation import report as report_lib
 from videoldm.pipelines import loading
 from videoldm.train import chain
 from videoldm.train import trainer
-from videoldm.train.stages import latent
-from videoldm.train.stages import upsampler as upsampler_stage
+from videoldm.stages import latents
+from videoldm.stages import upsampler as upsampler_stage
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import moving_digits  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -132,8 +132,8 @@ def frame_by_frame(workdir: str, batch: dict) -> np.ndarray:
   model = loading.load_stage(workdir)
   stage, params = model.stage, model.params
   video = jnp.asarray(batch['video'])
-  first = latent.decode_latents(stage.autoencoder, params,
-                                latent.encode_video(stage.autoencoder, params, video[:, :1], None))
+  first = latents.decode_latents(stage.autoencoder, params,
+                                latents.encode_video(stage.autoencoder, params, video[:, :1], None))
   sample = jax.jit(lambda k: stage.sample(params, dict(batch, video=video), k)['samples'][:, 0])
   frames = [first[:, 0]] + [sample(jax.random.fold_in(jax.random.key(_SEED.value), i))
                             for i in range(1, video.shape[1])]
@@ -165,7 +165,7 @@ def upsampler_rows(base: str, nets) -> list:
     model = loading.load_stage(os.path.join(base, name))
     stage, b, f = model.stage, source.shape[0], source.shape[1]
     frames = low_res if stage.temporal else low_res.reshape((b * f, 1) + low_res.shape[2:])
-    up = jax.jit(lambda p, x, k, stage=stage: upsampler_stage.upsample(stage, p, x, k))(
+    up = jax.jit(lambda p, x, k, stage=stage: stage.upsample(p, x, k, stage.sampling_options()))(
         model.params, frames, key)
     up = np.asarray(up).reshape(source.shape)
     values = metrics.digit_video_metrics(nets, up, source, references=source)

@@ -27,8 +27,8 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from videoldm import config_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.models import discriminator  # pylint: disable=g-import-not-at-top,wrong-import-position
-from videoldm.train import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
-from videoldm.train.stages import gan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm.stages import gan  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CONFIG = f'{common.REPO}/configs/moving_digits.py:stage={{}},quickstart'
 

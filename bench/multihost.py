@@ -25,7 +25,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from videoldm.train import checkpointing
+from videoldm import checkpoints
 
 _STEPS = flags.DEFINE_integer('steps', 10, 'Train steps of each run.')
 _BATCH = flags.DEFINE_integer('batch_size', 8, 'Global batch (a multiple of 8).')
@@ -77,9 +77,9 @@ def main(argv):
   rows = [(step, single_loss[step], multi_loss[step],
            abs(multi_loss[step] - single_loss[step]) / abs(single_loss[step]))
           for step in sorted(single_loss)]
-  state_dirs = [os.path.join(checkpointing.checkpoint_dir(w), str(_STEPS.value), 'state')
+  state_dirs = [os.path.join(checkpoints.checkpoint_dir(w), str(_STEPS.value), 'state')
                 for w in (single, multi)]
-  params = [checkpointing.read_state_params(d, use_ema=False) for d in state_dirs]
+  params = [checkpoints.read_state_params(d, use_ema=False) for d in state_dirs]
   param_diff = max(float(np.max(np.abs(params[0][k] - params[1][k]))) for k in params[0])
   speeds = [float(np.median(list(scalars(w, 'steps_per_sec').values()) or [np.nan]))
             for w in (single, multi)]

@@ -57,7 +57,7 @@ from videoldm.evaluation import metrics
 from videoldm.pipelines import loading
 from videoldm.pipelines import video_ldm
 from videoldm.train import trainer
-from videoldm.train.stages import upsampler as upsampler_stage
+from videoldm.stages import upsampler as upsampler_stage
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import moving_digits  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -123,8 +123,8 @@ def upsampler_metrics(model) -> dict:
   autoencoder = loading.load_stage(os.path.join(_BASE_RUN.value, 'autoencoder'))
   round_trip = jax.jit(lambda params, video: autoencoder.stage.sample(
       params, {'video': video}, None)['reconstruction'])(autoencoder.params, low_res)
-  upsample = jax.jit(lambda params, low, key: upsampler_stage.upsample(model.stage, params, low,
-                                                                       key))
+  upsample = jax.jit(lambda params, low, key: model.stage.upsample(
+      params, low, key, model.stage.sampling_options()))
   digit = (real > -0.9).any(axis=-1)  # (b, f, h, w)
   values = {}
   bilinear = lambda params, low, key: upsampler_stage.resize_to(low, *real.shape[2:4])

@@ -29,8 +29,7 @@ sys.path.insert(0, common.TESTS)
 import stage_helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.diffusion import guidance  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.models import unet as unet_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from videoldm.train.stages import latent  # pylint: disable=g-import-not-at-top,wrong-import-position
-from videoldm.train.stages import video as video_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm.stages import denoising  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main():
@@ -40,13 +39,13 @@ def main():
   b, f = ARGS.batch, config.data.num_frames
   latent_shape = (b, f, 8, 8, stage.autoencoder.config.latent_channels)
   context = jax.random.normal(jax.random.key(1), latent_shape)
-  mask = latent.leading_frames_mask(jnp.full((b,), 2), f)
+  mask = denoising.leading_frames_mask(jnp.full((b,), 2), f)
   labels = jnp.arange(b, dtype=jnp.int32) % 10
   null = jnp.full_like(labels, unet_lib.null_class_label(config.model.unet))
   key = jax.random.key(0)
 
-  window = jax.jit(lambda p, c, m, y, k: video_stage.sample_with_context(
-      config, stage.schedule, stage.apply_unet, p, c, m, y, k))
+  options = stage.sampling_options()
+  window = jax.jit(lambda p, c, m, y, k: stage.sample_window(p, c, m, y, k, options))
   conds = [(null, jnp.zeros_like(mask)), (null, mask), (labels, mask)]
   scales = [config.sampling.context_guidance, config.sampling.guidance_scale]
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from videoldm import config_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.train import sharding as sharding_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from videoldm.train import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.train import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CONFIG = f'{common.REPO}/configs/moving_digits.py:stage={{}},quickstart'

@@ -41,8 +41,8 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import train_setup  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from videoldm.train import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
-from videoldm.train.stages import latent  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm.stages import latents  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TEMPORAL = r'^unet/.*(temporal|time_mixer|time_pos_embed|context_)'
 
@@ -57,7 +57,7 @@ def setup(trainable):
   # The frozen autoencoder's encode runs in both steps (forward only): counted
   # apart so the U-Net's own ratio can be read off.
   autoencoder = stages.get_stage(config.stage)(config).autoencoder
-  encode = lambda params, video: latent.encode_video(autoencoder, params, video,
+  encode = lambda params, video: latents.encode_video(autoencoder, params, video,
                                                      jax.random.key(0))
   encode_flops = train_setup.jaxpr_flops(jax.make_jaxpr(encode)(state.params, batch['video']))
   compiled = step.lower(state, batch).compile()

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from videoldm import config_utils
+from videoldm.models import params as params_lib
 from videoldm.models import video_unet
 from videoldm.train import sharding as sharding_lib
-from videoldm.train import stages
+from videoldm import stages
 from videoldm.train import train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,8 +113,8 @@ def unet_gradient_flops(variant: str, frames: int, height: int, width: int,
   if 'context' in inputs:
     shapes['context'] = (1, 77, config.cross_attention_dim)
   inputs = {k: jax.ShapeDtypeStruct(shapes.get(k, v.shape), v.dtype) for k, v in inputs.items()}
-  flat = flax.traverse_util.flatten_dict(video_unet.param_shapes(config), sep='/')
-  trained = {k: v for k, v in flat.items() if video_unet.is_temporal(k) or not temporal_only}
+  flat = flax.traverse_util.flatten_dict(params_lib.param_shapes(config), sep='/')
+  trained = {k: v for k, v in flat.items() if params_lib.is_temporal(k) or not temporal_only}
   frozen = {k: v for k, v in flat.items() if k not in trained}
 
   def loss(trained, frozen, inputs):

@@ -21,15 +21,13 @@ Launch (one stage; `runlocal` shrinks everything to a CPU minute):
 import ml_collections
 
 from videoldm import config_utils
+from videoldm import stages
 from videoldm.data import data_config
+from videoldm.models import params as params_lib
 from videoldm.models import video_unet
 
-STAGES = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
-          'upsampler')
-# Each stage starts from its predecessor's workdir (`init_from`); the chain is
-# `videoldm.train.chain.INIT_FROM`. The decoder starts from the image stage, so
-# it fine-tunes the (latent-centred) autoencoder the LDM actually uses.
-TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
+# Each stage starts from its predecessor's workdir (`init_from`): `videoldm.stages.STAGES`.
+TEMPORAL = params_lib.TEMPORAL_PATTERN
 # Train steps per stage for `quickstart` (batch 8 on a 2-core CPU). upsampler_image 600:
 # between stop 18's 400 (twice the background grain of 800) and 800 (47 s more per 400), for
 # time (bench/RESULTS.md, "Quickstart: a narrower autoencoder").
@@ -87,8 +85,8 @@ def get_config(arg=None):
   """`arg`: stage=<name>, runlocal (a CPU minute each), quickstart (the README's run)."""
   arg = config_utils.parse_arg(arg, stage='video', variant='tiny', runlocal=False,
                                quickstart=False)
-  if arg.stage not in STAGES:
-    raise ValueError(f'Unknown stage {arg.stage!r}; expected one of {STAGES}.')
+  if arg.stage not in stages.CHAIN:
+    raise ValueError(f'Unknown stage {arg.stage!r}; expected one of {stages.CHAIN}.')
   if arg.variant != 'tiny':
     raise ValueError(f"Unknown variant {arg.variant!r}; moving_digits has only 'tiny'.")
   config = ml_collections.ConfigDict()

@@ -35,9 +35,10 @@ from videoldm.data import data_config
 from videoldm.models import autoencoder as autoencoder_lib
 from videoldm.models import text as text_lib
 from videoldm.models import unet as unet_lib
+from videoldm.models import params as params_lib
 from videoldm.models import video_unet
 
-TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
+TEMPORAL = params_lib.TEMPORAL_PATTERN
 
 
 def backbone_configs(sd_path: str, sd_version: str) -> tuple:

@@ -8,7 +8,7 @@ import numpy as np
 
 from videoldm import config_utils
 from videoldm.pipelines import video_ldm
-from videoldm.train import stages
+from videoldm import stages
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
                       'moving_digits.py')

@@ -4,22 +4,25 @@ import os
 
 import pytest
 
+from videoldm import stages
 from videoldm.train import chain
 
 
 def test_stage_config_starts_each_stage_from_its_predecessor(tmp_path):
   run = str(tmp_path)
-  for stage in chain.ORDER:
+  for stage in stages.CHAIN:
     config = chain.stage_config(chain.default_config_file(), stage, 'runlocal', run)
     assert config.stage == stage
     assert config.data.data_dir == os.path.join(run, 'data')
-    expected = os.path.join(run, chain.INIT_FROM[stage]) if stage in chain.INIT_FROM else ''
-    assert config.init_from.workdir == expected
+    source = stages.STAGES[stage].init_from
+    assert config.init_from.workdir == (os.path.join(run, source) if source else '')
 
 
 def test_every_stage_but_the_first_of_a_chain_has_a_predecessor_trained_before_it():
-  for stage, source in chain.INIT_FROM.items():
-    assert chain.ORDER.index(source) < chain.ORDER.index(stage)
+  for stage in stages.CHAIN:
+    source = stages.STAGES[stage].init_from
+    if source:
+      assert stages.CHAIN.index(source) < stages.CHAIN.index(stage)
 
 
 def test_unknown_stage_is_refused_before_any_training(tmp_path):

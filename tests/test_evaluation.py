@@ -122,10 +122,10 @@ def test_evaluate_generates_in_label_batches_at_the_requested_guidance_and_eta(m
 
   monkeypatch.setattr(evaluate.video_ldm, 'VideoLDM', FakeVideoLDM)
   videos = evaluate.generate({}, np.array([1, 2, 3]), num_frames=2, batch_size=2, seed=5,
-                             guidance=6.0, eta=1.0)
+                             guidance_scale=6.0, eta=1.0)
   assert videos.shape == (3, 2, 4, 4, 3)
   np.testing.assert_array_equal(videos[:, 0, 0, 0, 0], [1, 2, 3])
-  assert [(s.labels, s.seed, s.guidance, s.eta) for s in seen] == [((1, 2), 5, 6.0, 1.0),
+  assert [(s.labels, s.seed, s.guidance_scale, s.eta) for s in seen] == [((1, 2), 5, 6.0, 1.0),
                                                                     ((3,), 7, 6.0, 1.0)]
 
 

@@ -50,7 +50,7 @@ def test_safetensors_export_reloads_identical_params_and_samples(run, model, tmp
   # The tokenizer travels with the export; the sample CLI's generate() runs from it alone.
   assert models['video'].stage.config.model.tokenizer_path == os.path.join(out, 'tokenizer')
   settings = video_ldm.Settings(num_frames=4, prompts=('a 3 moving left',),
-                                interpolation_passes=0, steps=1)
+                                interpolation_passes=0, num_steps=1)
   count = generate.generate(out, settings, str(tmp_path / 'video.mp4'), fps=4.0,
                             spatial_from=run.sd_path)
   assert count == 4 and os.path.getsize(tmp_path / 'video.mp4') > 0
@@ -91,9 +91,11 @@ def test_stablehlo_export_matches_the_live_model(run, model, tmp_path):
   stage = model.stage
   context = jax.random.normal(jax.random.key(0), (1, 4, 8, 16, 4))
   mask = jnp.array([[1.0, 0.0, 0.0, 0.0]])
-  ids = jnp.asarray(stage.tokenize_fn(['a 3 moving left']))
+  ids = jnp.asarray(stage.tokenize(['a 3 moving left']))
   key = jax.random.key(5)
-  live = jax.jit(stage.sample_window)(model.params, context, mask, ids, key)
+  options = stage.sampling_options()
+  live = jax.jit(lambda *args: stage.sample_window(*args, options))(model.params, context, mask,
+                                                                   ids, key)
   served = loaded.sample(context, mask, ids, jax.random.key_data(key))
   np.testing.assert_allclose(served, live, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(served[:, 0], context[:, 0])  # The context frame is kept.

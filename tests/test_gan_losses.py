@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from videoldm.models import discriminator as discriminator_lib
-from videoldm.train.stages import gan
+from videoldm.stages import gan
 
 DISC = discriminator_lib.PatchDiscriminator2D(base_channels=4, num_layers=1)
 

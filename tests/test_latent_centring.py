@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from videoldm.models import autoencoder as autoencoder_lib
-from videoldm.train.stages import latent
+from videoldm.stages import latents
 
 
 @pytest.fixture(scope='module')
@@ -24,17 +24,17 @@ def setup():
 
 
 def _moments(model, params, video):
-  posterior = model.apply({'params': params['autoencoder']}, latent.frames_of(video),
+  posterior = model.apply({'params': params['autoencoder']}, latents.frames_of(video),
                           method=model.encode)
   return posterior.mean, posterior.logvar
 
 
 def test_centred_latents_have_zero_channel_means_and_unit_std(setup):
   model, params, video = setup
-  before = latent.encode_video(model, params, video, None)
+  before = latents.encode_video(model, params, video, None)
   assert np.max(np.abs(np.mean(before, axis=(0, 1, 2, 3)))) > 0.5
-  calibrated = latent.calibrate_latents(model, params, video, centre=True)
-  after = latent.encode_video(model, calibrated, video, None)
+  calibrated = latents.calibrate_latents(model, params, video, centre=True)
+  after = latents.encode_video(model, calibrated, video, None)
   np.testing.assert_allclose(np.mean(after, axis=(0, 1, 2, 3)), 0.0, atol=1e-5)
   np.testing.assert_allclose(float(np.std(after)), 1.0, rtol=1e-5)
   # Same latents up to the per-channel shift: the posterior means moved, the log-variances not.
@@ -47,18 +47,18 @@ def test_centred_latents_have_zero_channel_means_and_unit_std(setup):
 
 def test_decoding_the_centred_latents_gives_the_same_frames(setup):
   model, params, video = setup
-  calibrated = latent.calibrate_latents(model, params, video, centre=True)
-  old = latent.decode_latents(model, params, latent.encode_video(model, params, video, None))
-  new = latent.decode_latents(model, calibrated,
-                              latent.encode_video(model, calibrated, video, None))
+  calibrated = latents.calibrate_latents(model, params, video, centre=True)
+  old = latents.decode_latents(model, params, latents.encode_video(model, params, video, None))
+  new = latents.decode_latents(model, calibrated,
+                              latents.encode_video(model, calibrated, video, None))
   np.testing.assert_allclose(new, old, rtol=1e-4, atol=1e-5)
 
 
 def test_without_centring_only_the_scale_changes(setup):
   model, params, video = setup
-  calibrated = latent.calibrate_latents(model, params, video, centre=False)
+  calibrated = latents.calibrate_latents(model, params, video, centre=False)
   assert calibrated['autoencoder'] is params['autoencoder']
-  unscaled = latent.encode_video(model, params, video, None)
+  unscaled = latents.encode_video(model, params, video, None)
   np.testing.assert_allclose(float(calibrated['latent_scale']), 1 / float(np.std(unscaled)),
                              rtol=1e-5)
 
@@ -67,4 +67,4 @@ def test_centring_needs_the_quant_convs(setup):
   _, params, _ = setup
   ae_params = {k: v for k, v in params['autoencoder'].items() if k != 'post_quant_conv'}
   with pytest.raises(ValueError, match='centre_latents needs an autoencoder with quant_conv'):
-    latent.centred_autoencoder(ae_params, jnp.zeros((4,)))
+    latents.centred_autoencoder(ae_params, jnp.zeros((4,)))

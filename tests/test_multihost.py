@@ -23,7 +23,7 @@ import pytest
 from videoldm import config_utils
 from videoldm import distributed
 from videoldm.data import pipeline
-from videoldm.train import checkpointing
+from videoldm import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = 'configs/moving_digits.py:stage=video,runlocal'
@@ -88,8 +88,8 @@ def scalars(workdir, name):
 
 
 def final_params(workdir, step):
-  state_dir = os.path.join(checkpointing.checkpoint_dir(str(workdir)), str(step), 'state')
-  return checkpointing.read_state_params(state_dir, use_ema=False)
+  state_dir = os.path.join(checkpoints.checkpoint_dir(str(workdir)), str(step), 'state')
+  return checkpoints.read_state_params(state_dir, use_ema=False)
 
 
 @pytest.fixture(scope='module')
@@ -134,7 +134,7 @@ def test_two_processes_match_one_process_losses_and_params(runs):
 
 @pytest.mark.slow
 def test_stopped_run_resumes_across_both_processes(runs):
-  assert sorted(os.listdir(checkpointing.checkpoint_dir(str(runs['multi'])))) == ['1', '2']
+  assert sorted(os.listdir(checkpoints.checkpoint_dir(str(runs['multi'])))) == ['1', '2']
   for index, (first, resumed) in enumerate(zip(runs['first_logs'], runs['resumed_logs'])):
     assert f'[process {index}/2] Process {index} of 2: 4 local / 8 global devices.' in first
     assert 'Training video from step 0 to 1.' in first
@@ -147,7 +147,7 @@ def test_process_zero_writes_metrics_every_process_writes_its_checkpoint_share(r
   # One events file per launch, both from process 0 (process 1 only logs).
   assert len(glob.glob(os.path.join(runs['multi'], 'events.out.tfevents.*'))) == 2
   for step in (1, 2):
-    state_dir = pathlib.Path(checkpointing.checkpoint_dir(str(runs['multi']))) / str(step) / 'state'
+    state_dir = pathlib.Path(checkpoints.checkpoint_dir(str(runs['multi']))) / str(step) / 'state'
     assert sorted(p.name for p in state_dir.glob('ocdbt.process_*')) == [
         'ocdbt.process_0', 'ocdbt.process_1']
 

@@ -10,7 +10,7 @@ import pytest
 from videoldm.pipelines import streams
 from videoldm.pipelines import video_ldm
 from videoldm.pipelines import writer
-from videoldm.train import stages
+from videoldm.stages import latents
 
 from stage_helpers import load_stage
 
@@ -57,7 +57,7 @@ def test_given_context_frames_appear_unchanged(models):
   given = jnp.asarray(rng.uniform(-1, 1, (2, 2, size, size, 3)), jnp.float32)
   frames = list(pipeline.frames(given_frames=given))
   image = models['image']
-  round_trip = jnp.clip(stages.latent.decode_latents(
+  round_trip = jnp.clip(latents.decode_latents(
       image.stage.autoencoder, image.params, pipeline.encode(given)), -1, 1)
   for i in range(2):
     np.testing.assert_allclose(frames[i], round_trip[:, i], atol=1e-5)
@@ -100,9 +100,11 @@ def test_mp4_decodes_to_expected_frames_and_size(tmp_path):
 
 
 def test_sampling_settings_reach_every_stage(models):
-  pipeline = make_pipeline(models, num_frames=5, steps=1, guidance=4.0, context_guidance=2.5,
-                           eta=0.5)
+  pipeline = make_pipeline(models, num_frames=5, num_steps=1, guidance_scale=4.0,
+                           context_guidance=2.5, eta=0.5)
   for name in ('image', 'video', 'interpolation'):
-    sampling = pipeline.models[name].stage.config.sampling
-    assert (sampling.num_steps, sampling.guidance_scale, sampling.context_guidance,
-            sampling.eta) == (1, 4.0, 2.5, 0.5), name
+    options = pipeline.options[name]
+    assert (options.num_steps, options.guidance_scale, options.context_guidance,
+            options.eta) == (1, 4.0, 2.5, 0.5), name
+    configured = models[name].stage.config.sampling  # Unset settings keep the trained ones.
+    assert options.timestep_spacing == configured.timestep_spacing, name

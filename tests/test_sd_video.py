@@ -15,11 +15,11 @@ import pytest
 
 from videoldm import config_utils
 from videoldm.convert import temporal_transfer
-from videoldm.models import video_unet
+from videoldm.models import params as params_lib
 from videoldm.pipelines import exported
 from videoldm.pipelines import loading
 from videoldm.pipelines import video_ldm
-from videoldm.train.stages import text_video
+from videoldm.stages import text_video
 import sd_video_helpers
 
 PROMPTS = ('a 3 moving left', 'moving digits')
@@ -53,7 +53,7 @@ def test_config_reads_the_sd_folder(run):
 def test_training_changes_only_temporal_params(run, model):
   sd = _flat(temporal_transfer.spatial_params_from_sd(run.sd_path))
   trained = _flat(model.params)
-  temporal = [p for p in trained if video_unet.is_temporal(p)]
+  temporal = [p for p in trained if params_lib.is_temporal(p)]
   assert set(trained) - set(temporal) == set(sd)
   for path, value in sd.items():
     np.testing.assert_array_equal(trained[path], value, err_msg=path)
@@ -64,14 +64,14 @@ def test_training_changes_only_temporal_params(run, model):
 
 def test_captions_are_tokenized_for_the_data(model):
   stage = model.stage
-  ids = stage.tokenize_fn(['a 3 moving left'])
+  ids = stage.tokenize(['a 3 moving left'])
   assert ids.shape == (1, 12) and ids.dtype == np.int32
   assert ids[0, 0] == stage.tokenizer.bos_token_id and stage.tokenizer.eos_token_id in ids[0]
-  np.testing.assert_array_equal(stage.null_ids(2)[1], stage.tokenize_fn([''])[0])
+  np.testing.assert_array_equal(stage.null_ids(2)[1], stage.tokenize([''])[0])
 
 
 def test_text_prompts_sample_through_the_pipeline(model):
-  settings = dict(num_frames=6, interpolation_passes=0, window_frames=4, steps=2, seed=3)
+  settings = dict(num_frames=6, interpolation_passes=0, window_frames=4, num_steps=2, seed=3)
   pipe = video_ldm.VideoLDM({'video': model}, video_ldm.Settings(prompts=PROMPTS, **settings))
   video = np.stack([np.asarray(f) for f in pipe.frames()], axis=1)
   assert video.shape == (2, 6, 16, 32, 3) and np.all(np.isfinite(video))
@@ -95,7 +95,7 @@ def test_spatial_from_sd_folder_keeps_temporal_layers(run, model):
   merged = _flat(temporal_transfer.transfer_temporal(bumped, spatial))
   flat_bumped, flat_sd = _flat(bumped), _flat(spatial)
   for path, value in merged.items():
-    expected = flat_bumped[path] if video_unet.is_temporal(path) else flat_sd[path]
+    expected = flat_bumped[path] if params_lib.is_temporal(path) else flat_sd[path]
     np.testing.assert_array_equal(value, expected)
 
 
@@ -134,7 +134,7 @@ def test_bf16_compute_stays_close_with_float32_params(run, model):
   config = config_utils.override(run.config, **{'model.unet.dtype': 'bfloat16'})
   bf16 = text_video.TextVideoStage(config)
   z, t, text, mask = _unet_inputs(bf16)
-  ids = jnp.asarray(bf16.tokenize_fn(PROMPTS))
+  ids = jnp.asarray(bf16.tokenize(PROMPTS))
   f32_out = jax.jit(model.stage.apply_unet)(model.params, z, t, text, z, mask)
   bf16_out = jax.jit(bf16.apply_unet)(model.params, z, t, text, z, mask)
   assert bf16_out.dtype == jnp.float32

@@ -11,10 +11,10 @@ import pytest
 
 from videoldm import config_utils
 from videoldm.models import discriminator as discriminator_lib
-from videoldm.train import checkpointing
-from videoldm.train import stages
+from videoldm import checkpoints
+from videoldm import stages
 from videoldm.train import trainer
-from videoldm.train.stages import gan
+from videoldm.stages import gan
 
 TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
 SIZE, FRAMES = 16, 3
@@ -86,9 +86,9 @@ def _flat(tree):
 
 
 def _checkpoint_params(workdir, step, use_ema=False):
-  location = os.path.join(checkpointing.checkpoint_dir(workdir), str(step))
+  location = os.path.join(checkpoints.checkpoint_dir(workdir), str(step))
   init = dict(workdir='', path=location, use_ema=use_ema)
-  return checkpointing.read_source_params(init)[1]
+  return checkpoints.read_source_params(init)[1]
 
 
 # ----------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def _changed(before, after):
 
 def test_autoencoder_stage_trains_every_param(autoencoder_run):
   config, workdir, state = autoencoder_run
-  assert sorted(os.listdir(checkpointing.checkpoint_dir(workdir))) == ['1', '2', '3']
+  assert sorted(os.listdir(checkpoints.checkpoint_dir(workdir))) == ['1', '2', '3']
   assert int(state.step) == 3 and int(state.nonfinite_count) == 0
   first, last = _checkpoint_params(workdir, 1), _flat(jax.device_get(state.params))
   assert set(last) == set(first)

@@ -5,29 +5,29 @@ import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from videoldm import config_utils
 from videoldm import diffusion
-from videoldm.train import checkpointing
+from videoldm.diffusion import sampling
+from videoldm import checkpoints
 from videoldm.train import trainer
-from videoldm.train.stages import interpolation
-from videoldm.train.stages import latent
-from videoldm.train.stages import upsampler
+from videoldm.stages import interpolation
+from videoldm.stages import denoising
+from videoldm.stages import upsampler
 
 from stage_helpers import CONFIG
 from stage_helpers import load_stage
 
 
 def test_leading_frames_mask_shows_exactly_the_first_s_frames():
-  mask = latent.leading_frames_mask(jnp.array([0, 1, 2]), 5)
+  mask = denoising.leading_frames_mask(jnp.array([0, 1, 2]), 5)
   np.testing.assert_array_equal(mask, [[0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
 
 
 def test_num_context_follows_the_configured_probabilities():
-  counts = np.bincount(latent.sample_num_context(jax.random.key(0), 20000, (0.2, 0.4, 0.4)),
+  counts = np.bincount(denoising.sample_num_context(jax.random.key(0), 20000, (0.2, 0.4, 0.4)),
                        minlength=3) / 20000
   np.testing.assert_allclose(counts, [0.2, 0.4, 0.4], atol=0.015)
 
@@ -35,17 +35,15 @@ def test_num_context_follows_the_configured_probabilities():
 def test_known_frames_enter_every_step_forward_noised_and_come_out_unchanged():
   # An x0-model that answers every frame with its input's frame 0: the last DDIM step
   # (alpha_prev = 1) returns it, so frame 1 shows what the model saw of the known frame 0.
-  config = ml_collections.ConfigDict(dict(
-      diffusion=dict(prediction_type='x0'),
-      sampling=dict(num_steps=4, eta=0.0, timestep_spacing='trailing', steps_offset=0,
-                    set_alpha_to_one=True)))
+  options = sampling.SamplingOptions(num_steps=4, eta=0.0, timestep_spacing='trailing',
+                                     steps_offset=0, set_alpha_to_one=True)
   schedule = diffusion.make_schedule('scaled_linear', 1000)
   known = jax.random.normal(jax.random.key(1), (2, 3, 4, 4, 2))
-  mask = latent.leading_frames_mask(jnp.array([1, 1]), 3)
+  mask = denoising.leading_frames_mask(jnp.array([1, 1]), 3)
   model_fn = lambda x, t, cond: jnp.broadcast_to(x[:, :1], x.shape)
   key = jax.random.key(2)
-  out = latent.ddim_sample_with_known(config, schedule, model_fn, [jnp.zeros((2,))], [],
-                                      known, mask, key)
+  out = sampling.sample_with_known(model_fn, [jnp.zeros((2,))], [], known, mask, key, schedule,
+                                  'x0', options)
   last_t = diffusion.ddim_timesteps(1000, 4, 'trailing')[-1]
   seen = schedule.alphas[last_t] * known[:, 0] + schedule.sigmas[last_t] * jax.random.normal(
       key, known.shape)[:, 0]
@@ -72,7 +70,7 @@ def video_model():
 def test_prediction_model_sees_exactly_its_s_context_frames(video_model):
   stage = video_model.stage
   latents = jax.random.normal(jax.random.key(1), (1, 4, 8, 8, 4))
-  mask = latent.leading_frames_mask(jnp.array([2]), 4)
+  mask = denoising.leading_frames_mask(jnp.array([2]), 4)
   base, hidden_changed = _perturbed_outputs(video_model, stage.apply_unet, latents, mask, [2, 3])
   np.testing.assert_array_equal(base, hidden_changed)
   _, visible_changed = _perturbed_outputs(video_model, stage.apply_unet, latents, mask, [1])
@@ -84,7 +82,7 @@ def test_prediction_loss_is_eq3_over_all_frames_context_included(video_model, mo
   f = stage.config.data.num_frames
   batch = dict(video=jnp.zeros((2, f, 32, 32, 3)), labels=jnp.zeros((2, 1), jnp.int32))
   monkeypatch.setattr(stage, 'context_mask',
-                      lambda key, b, f: latent.leading_frames_mask(jnp.full((b,), 2), f))
+                      lambda key, b, f: denoising.leading_frames_mask(jnp.full((b,), 2), f))
   losses = []
   for context_error in (0.0, 1.0):  # Predictions that differ on the context frames only.
     monkeypatch.setattr(stage, 'apply_unet', lambda params, x, t, labels, context, mask, e=(
@@ -147,16 +145,16 @@ def test_residual_upsampler_generates_the_detail_over_the_resized_low_res(residu
   x0 = jax.random.uniform(jax.random.key(5), (2, 1, 32, 32, 3), minval=-1, maxval=1)
   resized = jax.image.resize(upsampler.downsample(x0, 4), x0.shape, 'bilinear')
   targets = []
-  monkeypatch.setattr(latent, 'denoising_loss',
+  monkeypatch.setattr(denoising, 'denoising_loss',
                       lambda config, schedule, prediction, target, noised: (
                           targets.append(target), jnp.zeros(()))[1])
   model.stage.loss_fn(model.params, {'video': x0}, jax.random.key(6), 0)
   np.testing.assert_allclose(targets[0], 2.0 * (x0 - resized) if residual else x0, atol=1e-6)
 
   detail = 0.5 * jnp.sin(jnp.arange(32 * 32 * 3.0)).reshape(1, 1, 32, 32, 3)
-  monkeypatch.setattr(latent, 'ddim_sample', lambda *args: jnp.tile(detail, (2, 1, 1, 1, 1)))
+  monkeypatch.setattr(sampling, 'guided_sample', lambda *args: jnp.tile(detail, (2, 1, 1, 1, 1)))
   low = upsampler.downsample(x0, 4)
-  out = upsampler.upsample(model.stage, model.params, low, jax.random.key(7))
+  out = model.stage.upsample(model.params, low, jax.random.key(7), model.stage.sampling_options())
   expected = jnp.clip(resized + detail / 2.0 if residual else detail + jnp.zeros_like(x0), -1, 1)
   np.testing.assert_allclose(out, expected, atol=1e-6)
 
@@ -177,8 +175,8 @@ def _run(stage, workdir, data_dir, init_from=''):
   assert int(jax.device_get(state.nonfinite_count)) == 0
   steps = {}
   for step in (1, 2):
-    state_dir = os.path.join(checkpointing.checkpoint_dir(workdir), str(step), 'state')
-    steps[step] = checkpointing.read_state_params(state_dir, use_ema=False)
+    state_dir = os.path.join(checkpoints.checkpoint_dir(workdir), str(step), 'state')
+    steps[step] = checkpoints.read_state_params(state_dir, use_ema=False)
   return config, steps, workdir
 
 
@@ -216,8 +214,8 @@ def test_next_stage_starts_from_the_previous_checkpoint(runs, stage, source):
   """Frozen params of the next stage equal the source run's final (EMA) params."""
   config, target, _ = runs[stage]
   _, _, source_workdir = runs[source]
-  step_dir = checkpointing.latest_step_dir(source_workdir)
-  source_params = checkpointing.read_state_params(os.path.join(step_dir, 'state'), use_ema=True)
+  step_dir = checkpoints.latest_step_dir(source_workdir)
+  source_params = checkpoints.read_state_params(os.path.join(step_dir, 'state'), use_ema=True)
   trainable = re.compile(config.trainable)
   shared = [path for path in target[1] if path in source_params and not trainable.search(path)]
   assert any(path.startswith('unet/') for path in shared)

@@ -7,6 +7,7 @@ import pytest
 
 from videoldm import convert
 from videoldm.convert import diffusers as unet_convert
+from videoldm.models import params as params_lib
 from videoldm.models import video_unet
 
 
@@ -29,7 +30,7 @@ def _image_config(config):
 def trees():
   config = video_unet.video_unet_config('tiny')
   config.temporal.text_context = True
-  video = dict(unet=_random_tree(video_unet.param_shapes(config), 0),
+  video = dict(unet=_random_tree(params_lib.param_shapes(config), 0),
                latent_scale=np.float32(0.2))
   image = dict(unet=_random_tree(unet_convert.unet_param_shapes(_image_config(config)), 1),
                latent_scale=np.float32(0.3))
@@ -41,10 +42,10 @@ def test_spatial_from_image_and_temporal_from_video_bit_identical(trees):
   merged = _flat(convert.transfer_temporal(video, image))
   flat_video, flat_image = _flat(video), _flat(image)
   assert set(merged) == set(flat_video)
-  temporal = [p for p in merged if video_unet.is_temporal(p)]
+  temporal = [p for p in merged if params_lib.is_temporal(p)]
   assert len(temporal) > 10 and len(flat_image) == len(merged) - len(temporal)
   for path, value in merged.items():
-    source = flat_video if video_unet.is_temporal(path) else flat_image
+    source = flat_video if params_lib.is_temporal(path) else flat_image
     np.testing.assert_array_equal(value, source[path])
     assert np.asarray(value).dtype == np.asarray(source[path]).dtype
 
@@ -54,7 +55,7 @@ def test_temporal_params_of_the_image_checkpoint_are_ignored(trees):
   other_video = jax.tree.map(lambda x: x + 1.0, video)  # A video checkpoint as "image".
   merged = _flat(convert.transfer_temporal(video, other_video))
   for path, value in merged.items():
-    expected = _flat(video if video_unet.is_temporal(path) else other_video)[path]
+    expected = _flat(video if params_lib.is_temporal(path) else other_video)[path]
     np.testing.assert_array_equal(value, expected)
 
 

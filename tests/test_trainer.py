@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 from videoldm import config_utils
+from videoldm import checkpoints
 from videoldm.train import checkpointing
-from videoldm.train import stages
+from videoldm import stages
 from videoldm.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,7 +246,7 @@ def test_sigterm_then_resume_in_new_process_is_bit_identical(straight_run, tmp_p
   (markers / 'sent').touch()
   output, _ = child.communicate(timeout=240)
   assert child.returncode == 0, output[-4000:]
-  assert sorted(os.listdir(checkpointing.checkpoint_dir(workdir))) == ['2', '3']
+  assert sorted(os.listdir(checkpoints.checkpoint_dir(workdir))) == ['2', '3']
 
   state = trainer.train_and_evaluate(config, workdir, dataset_fn=FakeVideos)
   assert int(state.step) == 6
@@ -271,7 +272,7 @@ def test_observability_outputs(straight_run):
   frames = np.asarray(imageio.mimread(gifs[0]))
   assert frames.shape[:3] == (4, 8, 8 * 8)  # (f, h, b*w): videos side by side.
   assert 'samples/denoised' in image_tags(workdir)
-  saved = json.load(open(os.path.join(checkpointing.checkpoint_dir(workdir), '6', 'config',
+  saved = json.load(open(os.path.join(checkpoints.checkpoint_dir(workdir), '6', 'config',
                                       'metadata')))
   assert saved['stage'] == TOY_STAGE and saved['total_steps'] == 6
 
@@ -282,17 +283,17 @@ def test_truncated_latest_checkpoint_falls_back_to_previous(straight_run, tmp_pa
   _, straight_dir, state = straight_run
   workdir = str(tmp_path / 'copy')
   shutil.copytree(straight_dir, workdir)
-  step_dirs = sorted(os.listdir(checkpointing.checkpoint_dir(workdir)), key=int)
+  step_dirs = sorted(os.listdir(checkpoints.checkpoint_dir(workdir)), key=int)
   assert step_dirs == ['4', '6']
-  checkpoints = checkpointing.checkpoint_dir(workdir)
-  data_files = glob.glob(os.path.join(checkpoints, '6', 'state', 'd', '*'))
+  checkpoint_root = checkpoints.checkpoint_dir(workdir)
+  data_files = glob.glob(os.path.join(checkpoint_root, '6', 'state', 'd', '*'))
   assert data_files
   for path in data_files:
     with open(path, 'r+b') as file:
       file.truncate(os.path.getsize(path) // 2)
   # A save interrupted mid-write leaves only an unfinalised temporary dir.
-  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), '4'),
-                  os.path.join(checkpointing.checkpoint_dir(workdir), '8.orbax-checkpoint-tmp-1'))
+  shutil.copytree(os.path.join(checkpoints.checkpoint_dir(workdir), '4'),
+                  os.path.join(checkpoints.checkpoint_dir(workdir), '8.orbax-checkpoint-tmp-1'))
   manager = checkpointing.make_manager(workdir, toy_config().checkpoint)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state)
@@ -314,7 +315,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path):
   losses = read_scalars(workdir, 'loss')
   assert np.isnan(losses[2]) and np.isfinite(losses[3])
   # The failing step is not checkpointed; the ones before it are (params frozen since step 3).
-  assert sorted(map(int, os.listdir(checkpointing.checkpoint_dir(workdir))))[-1] == 5
+  assert sorted(map(int, os.listdir(checkpoints.checkpoint_dir(workdir))))[-1] == 5
 
 
 def test_missing_init_from_path_is_a_one_line_error(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from videoldm.models import unet as unet_lib
+from videoldm.models import params as params_lib
 from videoldm.models import video_unet
 
 B, F, S = 2, 3, 16
@@ -48,7 +49,7 @@ def _randomize_temporal(params, seed=0, scale=0.3):
   """Random (non-zero) values for every temporal leaf; spatial leaves unchanged."""
   rng = np.random.default_rng(seed)  # NumPy: no per-shape XLA compiles.
   flat = {path: jnp.asarray(scale * rng.standard_normal(v.shape), jnp.float32)
-          if video_unet.is_temporal(path) else v for path, v in _flat(params).items()}
+          if params_lib.is_temporal(path) else v for path, v in _flat(params).items()}
   return flax.traverse_util.unflatten_dict(flat, sep='/')
 
 
@@ -111,7 +112,7 @@ def image_outputs(fresh, video):
 
 
 def _variant_params(variant, params):
-  shapes = video_unet.param_shapes(_config(variant))
+  shapes = params_lib.param_shapes(_config(variant))
   return _subset(params, shapes)
 
 
@@ -143,14 +144,14 @@ def test_fixed_alpha_one_ignores_random_temporal_layers(fresh, video, image_outp
 @pytest.mark.parametrize('variant', ['full', 'attention'])
 def test_image_params_load_unchanged_and_regex_selects_exactly_the_new_params(
     variant, image_outputs):
-  video_shapes = _flat(video_unet.param_shapes(_config(variant)))
+  video_shapes = _flat(params_lib.param_shapes(_config(variant)))
   image_paths = set(_flat(image_outputs['shapes']))
-  trainable = {p for p in video_shapes if re.search(video_unet.DEFAULT_TRAINABLE, p)}
+  trainable = {p for p in video_shapes if re.search(params_lib.TEMPORAL_PATTERN, p)}
   assert set(video_shapes) - image_paths == trainable
   assert image_paths <= set(video_shapes)
   zeros = flax.traverse_util.unflatten_dict(
       {p: np.zeros(s.shape, s.dtype) for p, s in video_shapes.items()}, sep='/')
-  loaded = _flat(video_unet.load_image_params(zeros, image_outputs['params']))
+  loaded = _flat(params_lib.load_image_params(zeros, image_outputs['params']))
   for path, value in _flat(image_outputs['params']).items():
     assert loaded[path].dtype == value.dtype and np.array_equal(loaded[path], value), path
   assert all(not np.any(loaded[p]) for p in trainable)
@@ -160,11 +161,11 @@ def test_load_image_params_rejects_mismatched_names(fresh, image_outputs):
   image = _flat(image_outputs['params'])
   extra = flax.traverse_util.unflatten_dict(dict(image, **{'mid_block/resnets_9/w': 0}), sep='/')
   with pytest.raises(ValueError, match=r"unexpected \['mid_block/resnets_9/w'\]"):
-    video_unet.load_image_params(fresh, extra)
+    params_lib.load_image_params(fresh, extra)
   missing = flax.traverse_util.unflatten_dict(
       {p: v for p, v in image.items() if p != 'conv_out/bias'}, sep='/')
   with pytest.raises(ValueError, match=r"missing spatial \['conv_out/bias'\]"):
-    video_unet.load_image_params(fresh, missing)
+    params_lib.load_image_params(fresh, missing)
 
 
 @pytest.mark.parametrize('variant', ['full', 'conv3d', 'attention'])
@@ -251,15 +252,15 @@ def test_bad_config_raises_value_error(change, message):
 
 
 def test_full_size_parameter_counts_and_names():
-  sd_video = video_unet.count_params(video_unet.video_unet_config('sd_video'))
+  sd_video = params_lib.count_params(video_unet.video_unet_config('sd_video'))
   assert sd_video['spatial'] == 859_520_964  # The SD 1.5 U-Net (diffusers count).
   config = video_unet.video_unet_config('driving')
-  driving = video_unet.count_params(config)
+  driving = params_lib.count_params(config)
   assert driving['spatial'] == 864_316_932  # Paper: an 865M image backbone.
   assert sd_video['temporal'] == 525_695_718 and driving['temporal'] == 561_683_590
   model = unet_lib.UNet(config)
   image = jax.eval_shape(lambda k: model.init(k, **unet_lib.example_inputs(config)),
                          jax.random.key(0))['params']
-  video = _flat(video_unet.param_shapes(config))
-  trainable = {p for p in video if re.search(video_unet.DEFAULT_TRAINABLE, p)}
+  video = _flat(params_lib.param_shapes(config))
+  trainable = {p for p in video if re.search(params_lib.TEMPORAL_PATTERN, p)}
   assert set(video) - set(_flat(image)) == trainable and set(_flat(image)) <= set(video)

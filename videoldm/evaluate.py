@@ -32,7 +32,7 @@ from videoldm.evaluation import metrics
 from videoldm.evaluation import report
 from videoldm.pipelines import loading
 from videoldm.pipelines import video_ldm
-from videoldm.train import checkpointing
+from videoldm import checkpoints
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory with one folder per stage.',
                                required=True)
@@ -42,7 +42,7 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Sampling and data seed.')
 _INCEPTION = flags.DEFINE_string('inception_weights', '', 'Inception-v3 .npz (adds FID).')
 _I3D = flags.DEFINE_string('i3d_weights', '', 'I3D .npz (adds FVD).')
 _CLIP = flags.DEFINE_string('clip_dir', '', 'Local CLIPModel folder (adds CLIP similarity).')
-_GUIDANCE = flags.DEFINE_float('guidance', None, 'Label CFG scale (default: the run\'s configs).')
+_GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'Label CFG scale (default: the run\'s configs).')
 _ETA = flags.DEFINE_float('eta', None, 'DDIM eta (0 = deterministic; default: the run\'s configs).')
 
 
@@ -52,17 +52,19 @@ def real_clips(data_config, num_videos: int, seed: int) -> dict:
 
 
 def generate(models: dict, labels: np.ndarray, num_frames: int, batch_size: int,
-             seed: int, guidance: float | None = None, eta: float | None = None) -> np.ndarray:
+             seed: int, guidance_scale: float | None = None,
+             eta: float | None = None) -> np.ndarray:
   """Videos `(n, num_frames, H, W, 3)` from the stack, `batch_size` labels at a time.
 
-  `guidance` (label CFG scale) and `eta` (DDIM) apply to every stage; None keeps
+  `guidance_scale` (label CFG) and `eta` (DDIM) apply to every stage; None keeps
   each stage's config.
   """
   videos = []
   for start in range(0, len(labels), batch_size):
     chunk = tuple(int(label) for label in labels[start:start + batch_size])
     settings = video_ldm.Settings(num_frames=num_frames, labels=chunk, seed=seed + start,
-                                  interpolation_passes=0, guidance=guidance, eta=eta)
+                                  interpolation_passes=0, guidance_scale=guidance_scale,
+                                  eta=eta)
     frames = list(video_ldm.VideoLDM(models, settings).frames())
     videos.append(np.stack([np.asarray(frame) for frame in frames], axis=1))
   return np.concatenate(videos)
@@ -70,7 +72,7 @@ def generate(models: dict, labels: np.ndarray, num_frames: int, batch_size: int,
 
 def evaluate(run_dir: str, num_videos: int, batch_size: int = 8, seed: int = 0,
              inception_weights: str = '', i3d_weights: str = '', clip_dir: str = '',
-             guidance: float | None = None, eta: float | None = None) -> dict:
+             guidance_scale: float | None = None, eta: float | None = None) -> dict:
   """The report dict (also written to `<run_dir>/evaluation/report.json` and TensorBoard)."""
   if num_videos < 2:
     raise ValueError(f'num_videos={num_videos} must be >= 2 (Fréchet distances need a spread).')
@@ -79,7 +81,7 @@ def evaluate(run_dir: str, num_videos: int, batch_size: int = 8, seed: int = 0,
   data_config = models['video'].stage.config.data
   batch = real_clips(data_config, num_videos, seed)
   real, labels = np.asarray(batch['video']), np.asarray(batch['labels'])[:, 0]
-  generated = generate(models, labels, real.shape[1], batch_size, seed, guidance, eta)
+  generated = generate(models, labels, real.shape[1], batch_size, seed, guidance_scale, eta)
   output = os.path.join(run_dir, 'evaluation')
   nets = digits.load_or_train(digits.spec_from_data_config(data_config),
                               os.path.join(output, 'feature_nets'), seed=0)
@@ -92,11 +94,11 @@ def evaluate(run_dir: str, num_videos: int, batch_size: int = 8, seed: int = 0,
     captions = [f'a handwritten digit {int(label)}' for label in labels]
     results['clip_similarity'] = clip_score.clip_similarity(generated, captions, clip_dir)
   results['seconds'] = time.time() - start
-  record = dict(metrics=results, run=run_dir, num_videos=num_videos, seed=seed, guidance=guidance,
-                eta=eta, feature_nets=nets.record)
+  record = dict(metrics=results, run=run_dir, num_videos=num_videos, seed=seed,
+                guidance_scale=guidance_scale, eta=eta, feature_nets=nets.record)
   report.write_json(os.path.join(output, 'report.json'), record)
   writer = metric_writers.create_default_writer(output)
-  step = int(os.path.basename(checkpointing.latest_step_dir(
+  step = int(os.path.basename(checkpoints.latest_step_dir(
       os.path.join(run_dir, 'video'))))
   report.write_scalars(writer, step, results, prefix='eval/')
   writer.close()

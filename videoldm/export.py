@@ -31,19 +31,18 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
+from videoldm import checkpoints
+from videoldm import stages
 from videoldm.convert import diffusers as unet_convert
 from videoldm.convert import diffusers_vae
 from videoldm.convert import transformers as text_convert
 from videoldm.models import autoencoder as autoencoder_lib
 from videoldm.models import text as text_lib
-from videoldm.models import video_unet
+from videoldm.models import params as params_lib
 from videoldm.pipelines import exported
 from videoldm.pipelines import loading
-from videoldm.train import checkpointing
-from videoldm.train.stages import video as video_stage
 
 FORMATS = ('safetensors', 'diffusers', 'stablehlo')
-STAGE_ROLES = {'text_video': 'video'}  # Stage name -> its role in the sampling stack.
 
 
 def load_models(workdir: str, use_ema: bool = True) -> dict:
@@ -52,12 +51,12 @@ def load_models(workdir: str, use_ema: bool = True) -> dict:
     return exported.load_exported(workdir, exported.read_manifest(workdir)['stages'])
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'Workdir {workdir!r} does not exist.')
-  if os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+  if os.path.isdir(checkpoints.checkpoint_dir(workdir)):
     model = loading.load_stage(workdir, use_ema)
-    return {STAGE_ROLES.get(model.stage.config.stage, model.stage.config.stage): model}
+    return {stages.role_of(model.stage.config.stage): model}
   models = loading.load_run(workdir, required=())
   if not models:
-    raise FileNotFoundError(f'{workdir!r} holds no stage workdirs ({loading.SAMPLING_STAGES}) '
+    raise FileNotFoundError(f'{workdir!r} holds no stage workdirs ({stages.SAMPLING_ROLES}) '
                             'and no checkpoints.')
   return models
 
@@ -81,7 +80,7 @@ def export_safetensors(models: dict, out: str) -> str:
   for name, model in models.items():
     safetensors.numpy.save_file(_flat_numpy(model.params), os.path.join(out, f'{name}.safetensors'))
     with open(os.path.join(out, f'{name}.json'), 'w', encoding='utf-8') as file:
-      json.dump(checkpointing.config_to_json_dict(model.stage.config), file, indent=1)
+      json.dump(checkpoints.config_to_json_dict(model.stage.config), file, indent=1)
     _copy_tokenizer(model.stage.config, out)
   with open(os.path.join(out, exported.MANIFEST), 'w', encoding='utf-8') as file:
     json.dump(dict(format='safetensors', stages=sorted(models)), file)
@@ -103,7 +102,7 @@ def spatial_unet(unet_config: ml_collections.ConfigDict, unet_params) -> tuple:
   if 'temporal' in config:
     del config['temporal']
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(unet_params), sep='/')
-  spatial = {k: v for k, v in flat.items() if not video_unet.is_temporal(k)}
+  spatial = {k: v for k, v in flat.items() if not params_lib.is_temporal(k)}
   return config, flax.traverse_util.unflatten_dict(spatial, sep='/')
 
 
@@ -129,20 +128,11 @@ def export_diffusers(model, out: str) -> str:
   return out
 
 
-def _window_functions(stage):
-  """(denoise, sample): the stage's U-Net call and one guided DDIM window."""
-  if hasattr(stage, 'sample_window'):
-    return stage.apply_unet, stage.sample_window
-  sample = lambda params, context, mask, labels, key: video_stage.sample_with_context(
-      stage.config, stage.schedule, stage.apply_unet, params, context, mask, labels, key)
-  return stage.apply_unet, sample
-
-
 def export_stablehlo(model, out: str, batch_size: int, num_frames: int,
                      latent_size: tuple[int, int]) -> str:
   """Serialises the denoiser and the one-window sampler of a video stage."""
   stage = model.stage
-  if not hasattr(stage, 'apply_unet') or 'unet' not in model.params:
+  if stages.STAGES[stage.config.stage].role != 'video':
     raise ValueError(f'Stage {stage.config.stage!r} has no video denoiser to export; expected '
                      "a 'video' or 'text_video' stage.")
   b, f = batch_size, num_frames
@@ -151,7 +141,7 @@ def export_stablehlo(model, out: str, batch_size: int, num_frames: int,
   mask = jax.ShapeDtypeStruct((b, f), jnp.float32)
   t = jax.ShapeDtypeStruct((b,), jnp.int32)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  if hasattr(stage, 'sample_window'):
+  if stage.text_conditioned:
     length = stage.text_length
     denoise_cond = jax.ShapeDtypeStruct((b, length, unet_cfg.cross_attention_dim), jnp.float32)
     sample_cond = jax.ShapeDtypeStruct((b, length), jnp.int32)
@@ -159,8 +149,10 @@ def export_stablehlo(model, out: str, batch_size: int, num_frames: int,
     denoise_cond = sample_cond = jax.ShapeDtypeStruct((b,), jnp.int32)
   params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
                         model.params)
-  denoise, sample = _window_functions(stage)
-  sample_from_data = lambda p, c, m, cond, k: sample(p, c, m, cond, jax.random.wrap_key_data(k))
+  options = stage.sampling_options()
+  denoise = stage.apply_unet
+  sample_from_data = lambda p, c, m, cond, k: stage.sample_window(
+      p, c, m, cond, jax.random.wrap_key_data(k), options)
   os.makedirs(out, exist_ok=True)
   for name, fn, args in (('denoiser', denoise, (params, z, t, denoise_cond, z, mask)),
                          ('sampler', sample_from_data, (params, z, mask, sample_cond, key))):
@@ -197,9 +189,7 @@ def export(workdir: str, fmt: str, out: str, stage: str = 'video', use_ema: bool
   if num_frames is None:
     num_frames = stage_config.data.num_frames
   if latent_size is None:
-    latent_size = (models[stage].stage.latent_size() if hasattr(models[stage].stage, 'latent_size')
-                   else (stage_config.data.image_size // 2 ** (
-                       len(stage_config.model.autoencoder.block_out_channels) - 1),) * 2)
+    latent_size = models[stage].stage.latent_size()
   return export_stablehlo(models[stage], out, batch_size, num_frames, tuple(latent_size))
 
 

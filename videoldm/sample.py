@@ -35,9 +35,9 @@ _TEXT = flags.DEFINE_multi_string('text', None, 'Text prompt (text-conditioned m
                                    'repeat for several videos.')
 _SPATIAL_FROM = flags.DEFINE_string('spatial_from', None, 'SD folder or checkpoint whose spatial '
                                     'layers replace the run\'s (temporal transfer).')
-_GUIDANCE = flags.DEFINE_float('guidance', None, 'Classifier-free guidance scale.')
+_GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance scale.')
 _CONTEXT_GUIDANCE = flags.DEFINE_float('context_guidance', None, 'Context guidance scale (Eq. 4).')
-_STEPS = flags.DEFINE_integer('steps', None, 'DDIM steps per window.')
+_STEPS = flags.DEFINE_integer('num_steps', None, 'DDIM steps per window.')
 _ETA = flags.DEFINE_float('eta', None, 'DDIM eta (0 = deterministic).')
 _INTERPOLATION = flags.DEFINE_integer('interpolation_passes', 1, 'T -> 4T passes: 0, 1 or 2.')
 _UPSAMPLE = flags.DEFINE_bool('upsample', False, 'Apply the x4 video upsampler.')
@@ -57,8 +57,8 @@ def settings_from_flags() -> video_ldm.Settings:
   prompts = tuple(_TEXT.value or ())
   return video_ldm.Settings(
       prompts=prompts,
-      num_frames=num_frames, labels=labels, seed=_SEED.value, guidance=_GUIDANCE.value,
-      context_guidance=_CONTEXT_GUIDANCE.value, steps=_STEPS.value, eta=_ETA.value,
+      num_frames=num_frames, labels=labels, seed=_SEED.value, guidance_scale=_GUIDANCE.value,
+      context_guidance=_CONTEXT_GUIDANCE.value, num_steps=_STEPS.value, eta=_ETA.value,
       interpolation_passes=_INTERPOLATION.value, upsample=_UPSAMPLE.value,
       window_frames=_WINDOW.value)
 

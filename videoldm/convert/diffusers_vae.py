@@ -32,7 +32,7 @@ def _rename_old_attention(name: str) -> str:
 def autoencoder_param_shapes(config: autoencoder.AutoencoderConfig):
   """The 'params' tree of `AutoencoderKL(config)` as `jax.ShapeDtypeStruct`s."""
   model = autoencoder.AutoencoderKL(config)
-  size = 2 ** (len(config.block_out_channels) - 1)
+  size = config.downsampling_factor
   x = jnp.zeros((1, size, size, config.in_channels), jnp.float32)
   return jax.eval_shape(model.init, jax.random.key(0), x)['params']
 

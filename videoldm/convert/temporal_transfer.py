@@ -2,7 +2,7 @@ r"""Temporal layers of a video model on the spatial layers of another image chec
 
 Paper Sec. 4.2.1: temporal layers trained on one image backbone transfer to a
 differently fine-tuned one (e.g. DreamBooth). `transfer_temporal` takes every
-temporal param (a path matching `video_unet.DEFAULT_TRAINABLE`) from the video
+temporal param (a path matching `models.params.TEMPORAL_PATTERN`) from the video
 model and every spatial param from the image checkpoint, after a strict check
 that both describe the same architecture.
 
@@ -24,7 +24,7 @@ import numpy as np
 import safetensors.numpy
 
 from videoldm.convert import loaders
-from videoldm.models import video_unet
+from videoldm.models import params as params_lib
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -42,8 +42,8 @@ def transfer_temporal(video_params: Any, image_params: Any) -> dict:
       missing from either tree or whose shape or dtype differs.
   """
   video, image = _flat(video_params), _flat(image_params)
-  spatial_video = {p for p in video if not video_unet.is_temporal(p)}
-  spatial_image = {p for p in image if not video_unet.is_temporal(p)}
+  spatial_video = {p for p in video if not params_lib.is_temporal(p)}
+  spatial_image = {p for p in image if not params_lib.is_temporal(p)}
   for path in sorted(spatial_video | spatial_image):
     if path not in image:
       raise ValueError(f'Spatial parameter {path!r} of the video model is missing from the '
@@ -56,7 +56,7 @@ def transfer_temporal(video_params: Any, image_params: Any) -> dict:
       raise ValueError(f'Parameter {path!r} has shape {i_shape} ({np.asarray(image[path]).dtype}) '
                        f'in the image checkpoint but {v_shape} '
                        f'({np.asarray(video[path]).dtype}) in the video model.')
-  merged = {path: (value if video_unet.is_temporal(path) else image[path])
+  merged = {path: (value if params_lib.is_temporal(path) else image[path])
             for path, value in video.items()}
   return flax.traverse_util.unflatten_dict(merged, sep='/')
 

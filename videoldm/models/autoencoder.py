@@ -51,6 +51,11 @@ class AutoencoderConfig:
       raise ValueError(f'Autoencoder block_out_channels {self.block_out_channels} '
                        f'must all be divisible by norm_num_groups {self.norm_num_groups}.')
 
+  @property
+  def downsampling_factor(self) -> int:
+    """Pixels per latent along each side: 2 per resolution level after the first."""
+    return 2 ** (len(self.block_out_channels) - 1)
+
 
 _VARIANTS = {
     'tiny': dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,

@@ -2,7 +2,7 @@
 
 Spatial layers see the video as frames `(b f) h w c` (timesteps, labels and
 text repeated per frame) and keep the image U-Net's parameter paths, so image
-params load unchanged (`load_image_params`). Temporal layers follow them
+params load unchanged (`models.params.load_image_params`). Temporal layers follow them
 inside each block, as siblings named after the layer they follow:
 
   after `resnets_i` ('conv3d'):         `temporal_resnets_i` (TemporalResBlock,
@@ -26,11 +26,9 @@ or fps) with the frame-position embedding.
 """
 
 import dataclasses
-import re
 
 import einops
 import flax.linen as nn
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -39,7 +37,6 @@ from videoldm.models import temporal as temporal_lib
 from videoldm.models import unet as unet_lib
 
 TEMPORAL_LAYERS = ('conv3d', 'attention')
-DEFAULT_TRAINABLE = r'(temporal|time_mixer|time_pos_embed|context_)'
 
 
 def temporal_config() -> ml_collections.ConfigDict:
@@ -77,7 +74,7 @@ def video_unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
   frames -> 40x64 latents) with text cross-attention in the temporal
   transformers. Both use (3, 1, 1) temporal convs: temporal params are then
   562M (driving) and 526M (sd_video) against the paper's 655M, where (3, 3, 3)
-  would give 1.71B and 1.59B (`count_params`).
+  would give 1.71B and 1.59B (`models.params.count_params`).
   """
   if variant == 'tiny':
     config = unet_lib.unet_config('tiny')
@@ -381,45 +378,3 @@ def example_inputs(config: ml_collections.ConfigDict, batch_size: int = 1,
   if config.temporal.regime_conditioning:
     inputs['regime'] = jnp.zeros((b,))
   return inputs
-
-
-def param_shapes(config: ml_collections.ConfigDict):
-  """The param tree of `VideoUNet(config)` as ShapeDtypeStructs (no compile)."""
-  model = VideoUNet(config)
-  inputs = example_inputs(config)
-  return jax.eval_shape(lambda key: model.init(key, **inputs), jax.random.key(0))['params']
-
-
-def is_temporal(path: str) -> bool:
-  """Whether a '/'-joined param path belongs to the temporal (trainable) set."""
-  return re.search(DEFAULT_TRAINABLE, path) is not None
-
-
-def count_params(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """`dict(spatial=..., temporal=...)` parameter counts of `VideoUNet(config)`."""
-  flat = flax.traverse_util.flatten_dict(param_shapes(config), sep='/')
-  counts = dict(spatial=0, temporal=0)
-  for path, leaf in flat.items():
-    counts['temporal' if is_temporal(path) else 'spatial'] += int(leaf.size)
-  return counts
-
-
-def load_image_params(video_params, image_params):
-  """`video_params` with every spatial leaf replaced by the image U-Net's leaf.
-
-  Names are checked in both directions: each image param must exist in the
-  video tree with the same shape, and each video param without an image
-  counterpart must be temporal (`DEFAULT_TRAINABLE`).
-  """
-  video = flax.traverse_util.flatten_dict(flax.core.unfreeze(video_params), sep='/')
-  image = flax.traverse_util.flatten_dict(flax.core.unfreeze(image_params), sep='/')
-  unexpected = sorted(set(image) - set(video))
-  missing = sorted(p for p in set(video) - set(image) if not is_temporal(p))
-  if unexpected or missing:
-    raise ValueError(f'Image params do not fit the video U-Net: unexpected {unexpected[:5]}, '
-                     f'missing spatial {missing[:5]}.')
-  for path, value in image.items():
-    if is_temporal(path) or tuple(value.shape) != tuple(video[path].shape):
-      raise ValueError(f'Image param {path!r} has shape {tuple(value.shape)}; the video U-Net '
-                       f'expects a spatial param of shape {tuple(video[path].shape)}.')
-  return flax.traverse_util.unflatten_dict({**video, **image}, sep='/')

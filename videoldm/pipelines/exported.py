@@ -22,10 +22,10 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
+from videoldm import checkpoints
+from videoldm import stages
 from videoldm.convert import temporal_transfer
 from videoldm.pipelines import video_ldm
-from videoldm.train import checkpointing
-from videoldm.train import stages
 
 MANIFEST = 'videoldm_export.json'
 
@@ -89,12 +89,12 @@ def read_spatial_params(location: str, use_ema: bool = True) -> dict:
     return read_params(os.path.join(location, f'{name}.safetensors'))
   source = ml_collections.ConfigDict(dict(path=location, use_ema=use_ema))
   try:
-    _, flat = checkpointing.read_source_params(source)
+    _, flat = checkpoints.read_source_params(source)
   except ValueError as error:
     if 'no EMA params' not in str(error):
       raise
     source.use_ema = False
-    _, flat = checkpointing.read_source_params(source)
+    _, flat = checkpoints.read_source_params(source)
   return flax.traverse_util.unflatten_dict(dict(flat), sep='/')
 
 

@@ -6,41 +6,29 @@ checkpoints whose `config` item is the stage's config; params are read with
 their EMA values where the run kept an EMA.
 """
 
-import json
 import os
 
 import flax
-import ml_collections
 
+from videoldm import checkpoints
+from videoldm import stages
 from videoldm.pipelines import video_ldm
-from videoldm.train import checkpointing
-from videoldm.train import stages
-
-SAMPLING_STAGES = ('image', 'video', 'interpolation', 'decoder', 'upsampler')
-
-
-def read_config(step_dir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(step_dir, 'config', 'metadata')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Checkpoint {step_dir!r} has no config item ({path!r} is missing).')
-  with open(path) as file:
-    return ml_collections.ConfigDict(json.load(file))
 
 
 def load_stage(workdir: str, use_ema: bool = True) -> video_ldm.Model:
   """The stage trained in `workdir` (its latest checkpoint) with inference params."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'Stage workdir {workdir!r} does not exist.')
-  step_dir = checkpointing.latest_step_dir(workdir)
-  config = read_config(step_dir)
+  step_dir = checkpoints.latest_step_dir(workdir)
+  config = checkpoints.read_config(step_dir)
   stage = stages.get_stage(config.stage)(config)
-  flat = checkpointing.read_state_params(os.path.join(step_dir, 'state'),
+  flat = checkpoints.read_state_params(os.path.join(step_dir, 'state'),
                                          use_ema=use_ema and config.get('ema_decay') is not None)
   params = flax.traverse_util.unflatten_dict(flat, sep='/')
   return video_ldm.Model(stage, params)
 
 
-def load_run(run_dir: str, names=SAMPLING_STAGES, required=('image', 'video')) -> dict:
+def load_run(run_dir: str, names=stages.SAMPLING_ROLES, required=('image', 'video')) -> dict:
   """`{stage name: Model}` for the stages of `run_dir` that exist (required ones must)."""
   if not os.path.isdir(run_dir):
     raise FileNotFoundError(f'Run directory {run_dir!r} does not exist.')

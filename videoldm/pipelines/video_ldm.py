@@ -25,13 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videoldm import config_utils
-from videoldm.models import unet as unet_lib
+from videoldm import stages
+from videoldm.diffusion import sampling
 from videoldm.pipelines import streams
-from videoldm.train.stages import interpolation as interpolation_stage
-from videoldm.train.stages import latent
-from videoldm.train.stages import upsampler as upsampler_stage
-from videoldm.train.stages import video as video_stage
+from videoldm.stages import denoising
+from videoldm.stages import interpolation as interpolation_stage
+from videoldm.stages import latents as latents_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +39,9 @@ class Settings:
   num_frames: int
   labels: tuple[int, ...] = (0,)
   seed: int = 0
-  guidance: float | None = None
-  context_guidance: float | None = None
-  steps: int | None = None
+  guidance_scale: float | None = None  # Classifier-free guidance (labels or text).
+  context_guidance: float | None = None  # Context guidance (Eq. 4).
+  num_steps: int | None = None  # DDIM steps per window.
   eta: float | None = None
   interpolation_passes: int = 1
   upsample: bool = False
@@ -62,18 +61,11 @@ class Model:
   params: object
 
 
-def with_sampling(stage_cls, config, settings: Settings):
-  """A stage built from `config` with the sampling overrides of `settings`."""
-  overrides = {'sampling.num_steps': settings.steps, 'sampling.eta': settings.eta,
-               'sampling.guidance_scale': settings.guidance,
-               'sampling.context_guidance': settings.context_guidance}
-  overrides = {k: v for k, v in overrides.items() if v is not None and k in _sampling_keys(config)}
-  return stage_cls(config_utils.override(config, **overrides)) if overrides else stage_cls(config)
-
-
-def _sampling_keys(config) -> set[str]:
-  sampling = config.get('sampling') or {}
-  return {f'sampling.{name}' for name in sampling}
+def sampling_options(stage: stages.Stage, settings: Settings) -> sampling.SamplingOptions:
+  """The stage's configured sampling options with the overrides of `settings`."""
+  return stage.sampling_options().replace(
+      num_steps=settings.num_steps, eta=settings.eta, guidance_scale=settings.guidance_scale,
+      context_guidance=settings.context_guidance)
 
 
 def num_key_frames(settings: Settings) -> int:
@@ -101,7 +93,7 @@ class VideoLDM:
     # Text mode: the text video stage samples the first window itself and its
     # autoencoder stands in for the image stage's.
     self.text_mode = bool(settings.prompts)
-    if 'video' in models and self.text_mode != hasattr(models['video'].stage, 'sample_window'):
+    if 'video' in models and self.text_mode != models['video'].stage.text_conditioned:
       raise ValueError(f'The video stage {models["video"].stage.config.stage!r} is '
                        f'{"not " if self.text_mode else ""}text-conditioned; expected '
                        f'{"labels, not text prompts" if self.text_mode else "text prompts"}.')
@@ -119,12 +111,13 @@ class VideoLDM:
       raise ValueError(f'num_frames={settings.num_frames} must be >= 1.')
     if settings.interpolation_passes not in (0, 1, 2):
       raise ValueError(f'interpolation_passes={settings.interpolation_passes} must be 0, 1 or 2.')
-    self.models = {name: Model(with_sampling(type(model.stage), model.stage.config, settings),
-                               model.params) for name, model in models.items()}
+    self.models = dict(models)
+    self.options = {name: sampling_options(model.stage, settings)
+                    for name, model in models.items()}
     self.settings = settings
     self.labels = jnp.asarray(settings.labels, jnp.int32)
     if self.text_mode:  # Token ids (b, n) stand in for the labels.
-      self.labels = jnp.asarray(models['video'].stage.tokenize_fn(settings.prompts), jnp.int32)
+      self.labels = jnp.asarray(models['video'].stage.tokenize(settings.prompts), jnp.int32)
     self.mesh = batch_mesh(self.labels.shape[0], devices)
     if self.mesh is not None:  # Params on every device, videos split across them.
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
@@ -139,38 +132,20 @@ class VideoLDM:
 
   # ------------------------------------------------------------- key frames
   def latent_shape(self) -> tuple[int, ...]:
-    if self.text_mode:
-      stage = self.models['video'].stage
-      h, w = self.settings.latent_size or stage.latent_size()
-      return (self.labels.shape[0], h, w, stage.autoencoder.config.latent_channels)
-    image = self.models['image'].stage
-    ae = image.autoencoder.config
-    factor = 2 ** (len(ae.block_out_channels) - 1)
-    size = image.config.data.image_size // factor
-    h, w = self.settings.latent_size or (size, size)
-    return (len(self.settings.labels), h, w, ae.latent_channels)
+    """Key-frame latents `(b, h, w, c)`: the trained size unless `settings.latent_size`."""
+    stage = self.models['image'].stage
+    h, w = self.settings.latent_size or stage.latent_size()
+    return (self.labels.shape[0], h, w, stage.autoencoder.config.latent_channels)
 
   def _image_fn(self):
-    stage = self.models['image'].stage
-
-    def sample(params, labels, key):
-      null = jnp.full_like(labels, unet_lib.null_class_label(stage.config.model.unet))
-      model_fn = lambda x, t, cond: stage.unet.apply({'params': params['unet']}, x, t,
-                                                     class_labels=cond)
-      noise = jax.random.normal(key, self.latent_shape())
-      return latent.ddim_sample(stage.config, stage.schedule, model_fn, [null, labels],
-                                [stage.config.sampling.guidance_scale], noise, key)
-    return jax.jit(sample)
+    stage, options = self.models['image'].stage, self.options['image']
+    return jax.jit(lambda params, labels, key: stage.sample_images(
+        params, labels, self.latent_shape(), key, options))
 
   def _predict_fn(self):
-    stage = self.models['video'].stage
-    if self.text_mode:
-      return jax.jit(stage.sample_window)
-
-    def predict(params, context_latents, mask, labels, key):
-      return video_stage.sample_with_context(stage.config, stage.schedule, stage.apply_unet,
-                                             params, context_latents, mask, labels, key)
-    return jax.jit(predict)
+    stage, options = self.models['video'].stage, self.options['video']
+    return jax.jit(lambda params, known, mask, cond, key: stage.sample_window(
+        params, known, mask, cond, key, options))
 
   def shard(self, batch: jax.Array) -> jax.Array:
     """`batch` `(n b, ...)` split over the mesh's devices along its first axis."""
@@ -205,7 +180,7 @@ class VideoLDM:
     context = jnp.zeros((b, self.window) + given_latents.shape[2:])
     context = context.at[:, :num_context].set(given_latents)
     for window in itertools.count():
-      mask = latent.leading_frames_mask(jnp.full((b,), num_context), self.window)
+      mask = denoising.leading_frames_mask(jnp.full((b,), num_context), self.window)
       logging.info('Key-frame window %d (%d context frames).', window, num_context)
       z = self.compiled('predict')(video_params, self.shard(context), mask, self.labels,
                                    jax.random.fold_in(key, window))
@@ -217,17 +192,16 @@ class VideoLDM:
   def encode(self, frames: jax.Array) -> jax.Array:
     """Given frames `(b, n, H, W, 3)` in [-1, 1] -> latents `(b, n, h, w, c)` (posterior mean)."""
     image = self.models['image']
-    return latent.encode_video(image.stage.autoencoder, image.params, self.shard(frames), None)
+    return image.stage.encode(image.params, self.shard(frames))
 
   # ---------------------------------------------------------- interpolation
   def _interpolate_fn(self):
-    stage = self.models['interpolation'].stage
+    stage, options = self.models['interpolation'].stage, self.options['interpolation']
 
     def interpolate(params, windows, labels, regime, key):
       mask = jnp.broadcast_to(interpolation_stage.key_frame_mask(self.key_frames_per_window),
                               windows.shape[:2])
-      return video_stage.sample_with_context(stage.config, stage.schedule, stage.apply_unet,
-                                             params, windows, mask, labels, key, regime=regime)
+      return stage.sample_window(params, windows, mask, labels, key, options, regime=regime)
     return jax.jit(interpolate)
 
   @property
@@ -301,9 +275,9 @@ class VideoLDM:
     def decode(params, latent_scale, z):  # z: (b, n, h, w, c) scaled latents.
       if decoder is None:
         ae_params = dict(autoencoder=params['autoencoder'], latent_scale=latent_scale)
-        return latent.decode_latents(image_stage.autoencoder, ae_params, z)
+        return latents_lib.decode_latents(image_stage.autoencoder, ae_params, z)
       return decoder.stage.decode_video(params['autoencoder'],
-                                        latent.frames_of(z / latent_scale), z.shape[1])
+                                        latents_lib.frames_of(z / latent_scale), z.shape[1])
     return jax.jit(decode)
 
   def decode(self, latents: Iterator[jax.Array]) -> Iterator[jax.Array]:
@@ -316,8 +290,8 @@ class VideoLDM:
     return streams.chunked_overlap(latents, self.settings.decode_chunk, overlap, fn)
 
   def _upsample_fn(self):
-    stage = self.models['upsampler'].stage
-    return jax.jit(lambda params, frames, key: upsampler_stage.upsample(stage, params, frames, key))
+    stage, options = self.models['upsampler'].stage, self.options['upsampler']
+    return jax.jit(lambda params, frames, key: stage.upsample(params, frames, key, options))
 
   def upsample(self, frames: Iterator[jax.Array], key: jax.Array) -> Iterator[jax.Array]:
     params = self.models['upsampler'].params

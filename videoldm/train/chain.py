@@ -12,12 +12,8 @@ import time
 from absl import logging
 
 from videoldm import config_utils
+from videoldm import stages as stages_lib
 from videoldm.train import trainer
-
-ORDER = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
-         'upsampler')
-INIT_FROM = dict(image='autoencoder', video='image', interpolation='video',
-                 decoder='image', upsampler='upsampler_image')
 
 
 def default_config_file() -> str:
@@ -30,16 +26,17 @@ def stage_config(config_file: str, stage: str, arg: str, workdir: str):
   """The stage's config, started from its predecessor's workdir."""
   config = config_utils.load_config(f'{config_file}:stage={stage}' + (f',{arg}' if arg else ''))
   overrides = {'data.data_dir': os.path.join(workdir, 'data')}
-  if stage in INIT_FROM:
-    overrides['init_from.workdir'] = os.path.join(workdir, INIT_FROM[stage])
+  predecessor = stages_lib.STAGES[stage].init_from
+  if predecessor:
+    overrides['init_from.workdir'] = os.path.join(workdir, predecessor)
   return config_utils.override(config, **overrides)
 
 
-def train_all(workdir: str, config_file: str, arg: str, stages=ORDER) -> None:
+def train_all(workdir: str, config_file: str, arg: str, stages=stages_lib.CHAIN) -> None:
   """Trains `stages` in order, logging progress and an ETA over the whole run."""
-  unknown = [stage for stage in stages if stage not in ORDER]
+  unknown = [stage for stage in stages if stage not in stages_lib.CHAIN]
   if unknown:
-    raise ValueError(f'Unknown stages {unknown}; expected some of {ORDER}.')
+    raise ValueError(f'Unknown stages {unknown}; expected some of {stages_lib.CHAIN}.')
   start = time.time()
   for index, stage in enumerate(stages):
     config = stage_config(config_file, stage, arg, workdir)

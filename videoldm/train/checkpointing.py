@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a run, and `init_from` loading of params from another run.
+"""Writing a run's orbax checkpoints, restoring them on resume, and `init_from` loading.
 
 A run's checkpoints live in `<workdir>/checkpoints/<step>/` with three items:
 `state` (the TrainState; each process writes its shards), `data` (JSON: the
@@ -10,7 +10,6 @@ step first and falls back to older ones when a step is unreadable.
 
 import base64
 import json
-import os
 import re
 from typing import Any, Callable
 
@@ -22,11 +21,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from videoldm import checkpoints
+
 ITEMS = ('state', 'data', 'config')
-
-
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(workdir, 'checkpoints')
 
 
 def make_manager(workdir: str, checkpoint_config) -> ocp.CheckpointManager:
@@ -35,7 +32,7 @@ def make_manager(workdir: str, checkpoint_config) -> ocp.CheckpointManager:
       max_to_keep=int(checkpoint_config.keep) if checkpoint_config.get('keep') else None,
       enable_async_checkpointing=bool(checkpoint_config.get('async_save', True)),
       create=True, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+  return ocp.CheckpointManager(checkpoints.checkpoint_dir(workdir), options=options, item_names=ITEMS)
 
 
 def _encode_data_state(data_state: Any) -> Any:
@@ -49,11 +46,6 @@ def _decode_data_state(data_state: Any) -> Any:
   if isinstance(data_state, dict) and set(data_state) == {'__bytes_base64__'}:
     return base64.b64decode(data_state['__bytes_base64__'])
   return data_state
-
-
-def config_to_json_dict(config: ml_collections.ConfigDict) -> dict:
-  """The config as plain JSON data (tuples become lists, unknown objects strings)."""
-  return json.loads(config.to_json_best_effort())
 
 
 def gather_process_states(data_state: Any) -> list:
@@ -85,7 +77,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
   args = ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=ocp.args.JsonSave({'processes': gather_process_states(data_state)}),
-      config=ocp.args.JsonSave(config_to_json_dict(config)))
+      config=ocp.args.JsonSave(checkpoints.config_to_json_dict(config)))
   return manager.save(step, args=args, force=force)
 
 
@@ -115,62 +107,6 @@ def restore_latest(manager: ocp.CheckpointManager,
 # ----------------------------------------------------------------------------
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
-
-
-def read_state_params(state_dir: str, use_ema: bool) -> dict[str, np.ndarray]:
-  """Flat params (EMA leaves overlaid when asked) from a checkpoint's `state` item as numpy."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(state_dir).item_metadata.tree
-  wanted = {'params': metadata['params']}
-  if use_ema and metadata.get('ema_params'):
-    wanted['ema_params'] = metadata['ema_params']
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-      item=wanted, restore_args=restore_args, partial_restore=True))
-  flat = _flat(restored['params'])
-  if use_ema:
-    if 'ema_params' not in restored:
-      raise ValueError(f'init_from.use_ema is set but the checkpoint {state_dir!r} '
-                       'has no EMA params.')
-    flat.update(_flat(restored['ema_params']))
-  return flat
-
-
-def latest_step_dir(directory: str) -> str:
-  """`directory` is a workdir, its checkpoints/ dir, or one step dir; returns a step dir."""
-  for candidate in (checkpoint_dir(directory), directory):
-    if os.path.isdir(os.path.join(candidate, 'state')):
-      return candidate
-    if os.path.isdir(candidate):
-      steps = [int(name) for name in os.listdir(candidate) if name.isdigit()
-               and os.path.isdir(os.path.join(candidate, name, 'state'))]
-      if steps:
-        return os.path.join(candidate, str(max(steps)))
-  raise FileNotFoundError(f'init_from directory {directory!r} holds no checkpoint; expected a '
-                          'workdir, its checkpoints/ dir or a step dir with a state/ item.')
-
-
-def read_source_params(init_config) -> tuple[str, dict[str, np.ndarray]]:
-  """(description, flat '/'-joined params) named by `init_config.workdir` or `.path`."""
-  location = init_config.get('workdir') or init_config.get('path')
-  if not os.path.exists(location):
-    raise FileNotFoundError(f'init_from location {location!r} does not exist.')
-  use_ema = bool(init_config.get('use_ema', False))
-  if os.path.isdir(location):
-    step_dir = latest_step_dir(location)
-    return step_dir, read_state_params(os.path.join(step_dir, 'state'), use_ema)
-  if location.endswith('.safetensors'):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    return location, dict(load_file(location))
-  if location.endswith('.msgpack'):
-    with open(location, 'rb') as file:
-      return location, _flat(flax.serialization.msgpack_restore(file.read()))
-  raise ValueError(f'init_from path {location!r} is not a directory, .msgpack or '
-                   '.safetensors file.')
-
-
 def merge_init_params(target: Any, source: dict[str, np.ndarray], exempt=(),
                       description: str = 'source', ignore=()) -> tuple[Any, list[str]]:
   """Copies `source` leaves into `target` with a strict name and shape check.
@@ -185,7 +121,7 @@ def merge_init_params(target: Any, source: dict[str, np.ndarray], exempt=(),
             if not any(regex.search(path) for regex in ignored)}
   regexes = [re.compile(pattern) for pattern in exempt or ()]
   is_exempt = lambda path: any(regex.search(path) for regex in regexes)
-  flat_target = _flat(target)
+  flat_target = checkpoints.flat_params(target)
   kept_init = []
   for path, value in flat_target.items():
     if path not in source:
@@ -220,11 +156,11 @@ def load_init_params(init_config, target: Any,
   checked first, then `init_kept(paths)` gives the values of the leaves that
   keep their init (a flat dict), so only those are ever initialised.
   """
-  description, source = read_source_params(init_config)
+  description, source = checkpoints.read_source_params(init_config)
   params, kept_init = merge_init_params(target, source, init_config.get('exempt') or (),
                                         description, init_config.get('ignore') or ())
   if init_kept is not None:
-    params = flax.traverse_util.unflatten_dict({**_flat(params), **init_kept(kept_init)},
+    params = flax.traverse_util.unflatten_dict({**checkpoints.flat_params(params), **init_kept(kept_init)},
                                                sep='/')
   logging.info('Initialised params from %s; %d exempt params keep their init: %s',
                description, len(kept_init), kept_init)

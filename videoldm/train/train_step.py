@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from videoldm import stages
 from videoldm.train import checkpointing
 from videoldm.train import sharding as sharding_lib
 from videoldm.train import state as state_lib
-from videoldm.train import stages
 
 TrainState = state_lib.TrainState
 

@@ -3,7 +3,7 @@
 Config fields read here (configs/ set them; optional ones have the default shown):
 
   seed                      int; all keys derive from it (per step: fold_in(key, step)).
-  stage                     name registered in `videoldm.train.stages`.
+  stage                     name in the `videoldm.stages.STAGES` table.
   total_steps               int; number of train steps (batches consumed).
   batch_size                int; global batch, divisible by the device count.
   optimizer                 lr, warmup_steps, decay_steps (length of the whole warmup +
@@ -45,13 +45,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from videoldm import checkpoints
 from videoldm import distributed
+from videoldm import stages
 from videoldm.data import pipeline
 from videoldm.evaluation import hook
 from videoldm.train import checkpointing
 from videoldm.train import sharding as sharding_lib
 from videoldm.train import state as state_lib
-from videoldm.train import stages
 from videoldm.train import train_step as train_step_lib
 from videoldm.train import writers
 
@@ -145,8 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --------------------------------------------------------------------- data
   data_kwargs = dict(seed=config.seed, process_index=jax.process_index(),
                      process_count=jax.process_count())
-  if getattr(stage, 'tokenize_fn', None) is not None:  # Text stages: captions as token ids.
-    data_kwargs['tokenize_fn'] = stage.tokenize_fn
+  if stage.text_conditioned:  # Text stages: captions as token ids.
+    data_kwargs['tokenize_fn'] = stage.tokenize
   train_iter = dataset_fn(config.data, 'train', config.batch_size, shuffle=True, **data_kwargs)
   eval_iter = eval_start = None
   if eval_every or sample_every or metrics_every:
@@ -217,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       raise FloatingPointError(
           f'The loss was non-finite for {max_nonfinite} consecutive steps, the last at step '
           f'{checked_step}; stopping. The last good checkpoint stays in '
-          f'{checkpointing.checkpoint_dir(workdir)}.')
+          f'{checkpoints.checkpoint_dir(workdir)}.')
 
   logging.info('Training %s from step %d to %d.', config.stage, step, config.total_steps)
   try:

@@ -2,7 +2,7 @@
 
 L1 reconstruction + `kl_weight` * KL + a 2D patch discriminator (hinge loss,
 adaptive weight on the decoder's `conv_out` kernel, started at `disc_start`),
-folded into one scalar as `videoldm.train.stages.gan` describes. Frames are
+folded into one scalar as `videoldm.stages.gan` describes. Frames are
 reconstructed from a posterior sample. The KL term is the per-example KL
 divided by the pixels per frame, so with the mean-per-pixel L1 it keeps the
 taming/LDM balance (their L1 and KL are both summed per example).
@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from videoldm.models import autoencoder as autoencoder_lib
-from videoldm.train import stages
-from videoldm.train.stages import base
-from videoldm.train.stages import gan
-from videoldm.train.stages import latent
+from videoldm.stages import base
+from videoldm.stages import gan
+from videoldm.stages import latents
 
 LAST_LAYER = ('decoder', 'conv_out', 'kernel')
 
@@ -32,12 +31,12 @@ class AutoencoderStage(base.Stage):
   def __init__(self, config):
     super().__init__(config)
     gan.check_loss_config(config.model.loss)
-    self.autoencoder = autoencoder_lib.AutoencoderKL(latent.autoencoder_config(config))
+    self.autoencoder = autoencoder_lib.AutoencoderKL(latents.autoencoder_config(config))
     self.discriminator = gan.discriminator_2d(config)
 
   def init_params(self, rng, batch):
     ae_key, disc_key = jax.random.split(rng)
-    frames = latent.frames_of(batch['video'][:1, :1])  # (1, H, W, 3)
+    frames = latents.frames_of(batch['video'][:1, :1])  # (1, H, W, 3)
     return dict(autoencoder=self.autoencoder.init(ae_key, frames)['params'],
                 discriminator=self.discriminator.init(disc_key, frames)['params'])
 
@@ -55,7 +54,7 @@ class AutoencoderStage(base.Stage):
     return reconstruction, posterior, last_layer_vjp
 
   def loss_fn(self, params, batch, rng, step):
-    frames = latent.frames_of(batch['video'])
+    frames = latents.frames_of(batch['video'])
     reconstruction, posterior, last_layer_vjp = self.reconstruct(params['autoencoder'], frames,
                                                                  rng)
     kl = jnp.mean(posterior.kl()) / (frames[0].size)
@@ -70,10 +69,7 @@ class AutoencoderStage(base.Stage):
     del rng
     video = batch['video']
     reconstruction, _ = self.autoencoder.apply({'params': params['autoencoder']},
-                                               latent.frames_of(video))
+                                               latents.frames_of(video))
     reconstruction = einops.rearrange(reconstruction, '(b f) h w c -> b f h w c',
                                       b=video.shape[0])  # b f h w c
     return {'reconstruction': jnp.clip(reconstruction, -1, 1), 'data': video}
-
-
-stages.register_stage('autoencoder', AutoencoderStage)

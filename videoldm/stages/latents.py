@@ -1,4 +1,4 @@
-"""What the latent diffusion stages share: latents, noising, loss, masks, DDIM.
+"""Autoencoder latents shared by the latent diffusion stages: encode, decode, calibrate.
 
 Every latent stage keeps the frozen autoencoder under `autoencoder/` and the
 latent scale under `latent_scale` in its param tree, so a stage started with
@@ -16,26 +16,19 @@ posterior means move by -shift and decoding is exactly unchanged, so no new
 parameter or file format is needed.
 """
 
-import dataclasses
-
 import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from videoldm import diffusion
 from videoldm.models import autoencoder as autoencoder_lib
+from videoldm.stages import base
 
 
 def autoencoder_config(config: ml_collections.ConfigDict) -> autoencoder_lib.AutoencoderConfig:
   """The `AutoencoderConfig` described by `config.model.autoencoder`."""
   fields = config.model.autoencoder.to_dict()
   return autoencoder_lib.AutoencoderConfig(**fields)
-
-
-def make_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
-  d = config.diffusion
-  return diffusion.make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
 
 
 def frames_of(video: jax.Array) -> jax.Array:
@@ -110,97 +103,17 @@ def calibrate_latents(autoencoder, params: dict, video: jax.Array, centre: bool)
   return dict(params, latent_scale=calibrated_latent_scale(autoencoder, params, video))
 
 
-@dataclasses.dataclass(frozen=True)
-class Noised:
-  """A noised training example: `x_t = alpha x0 + sigma noise` at timesteps `t`."""
-  t: jax.Array  # (b,)
-  noise: jax.Array
-  x_t: jax.Array
-  alpha: jax.Array  # (b,)
-  sigma: jax.Array  # (b,)
+class LatentStage(base.Stage):
+  """A stage that diffuses in the latents of a frozen autoencoder (`self.autoencoder`)."""
 
+  autoencoder: autoencoder_lib.AutoencoderKL
 
-def add_noise(schedule: diffusion.Schedule, x0: jax.Array, key: jax.Array) -> Noised:
-  """Uniform timesteps per example and Gaussian noise (paper Eq. 1)."""
-  t_key, noise_key = jax.random.split(key)
-  t = diffusion.sample_timesteps(t_key, x0.shape[0], schedule)
-  noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
-  return Noised(t, noise, diffusion.q_sample(schedule, x0, t, noise),
-                schedule.alpha(t), schedule.sigma(t))
+  def latent_size(self) -> tuple[int, int]:
+    size = self.config.data.image_size // self.autoencoder.config.downsampling_factor
+    return size, size
 
+  def encode(self, params, video):
+    return encode_video(self.autoencoder, params, video, None)
 
-def denoising_loss(config: ml_collections.ConfigDict, schedule: diffusion.Schedule,
-                   prediction: jax.Array, x0: jax.Array, noised: Noised) -> jax.Array:
-  """Eq. 1 with the configured objective (eps or v) and weighting, over every frame.
-
-  Prediction and interpolation models use it unmasked as the paper's Eq. 3:
-  context frames count too (the model learns to reproduce what it is given).
-  """
-  d = config.diffusion
-  alpha = diffusion.expand_to(noised.alpha, x0.ndim)
-  sigma = diffusion.expand_to(noised.sigma, x0.ndim)
-  target = diffusion.training_target(d.prediction_type, x0, noised.noise, alpha, sigma)
-  return diffusion.diffusion_loss(
-      prediction, target, log_snr=schedule.log_snr(noised.t),
-      prediction_type=d.prediction_type, weighting=d.loss_weighting,
-      min_snr_gamma=d.min_snr_gamma)
-
-
-def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
-  """Replaces each label by `null_label` with probability `rate` (for CFG)."""
-  drop = jax.random.bernoulli(key, rate, labels.shape)
-  return jnp.where(drop, null_label, labels)
-
-
-def class_labels(batch: dict) -> jax.Array:
-  """The conditioning class of each video: its first digit label, `(b,)`."""
-  return batch['labels'][:, 0].astype(jnp.int32)
-
-
-def leading_frames_mask(num_context: jax.Array, num_frames: int) -> jax.Array:
-  """`(b, f)` float mask with ones on the first `num_context[i]` frames."""
-  return (jnp.arange(num_frames)[None, :] < num_context[:, None]).astype(jnp.float32)
-
-
-def sample_num_context(key: jax.Array, batch_size: int, probabilities) -> jax.Array:
-  """S per example from `{0, 1, ..., len(probabilities) - 1}` (paper Sec. 3.2)."""
-  logits = jnp.log(jnp.asarray(probabilities, jnp.float32))
-  return jax.random.categorical(key, logits, shape=(batch_size,))
-
-
-def ddim_sample(config: ml_collections.ConfigDict, schedule: diffusion.Schedule, model_fn,
-                conds, scales, noise: jax.Array, key: jax.Array) -> jax.Array:
-  """DDIM (config.sampling) with nested guidance over `conds` (least conditioned first)."""
-  return _configured_ddim(config, schedule, diffusion.make_guided_denoiser(model_fn, conds, scales),
-                          noise, key)
-
-
-def _configured_ddim(config, schedule, denoise, noise, key):
-  s = config.sampling
-  return diffusion.ddim_sample(
-      denoise, noise, key, schedule, num_steps=s.num_steps, eta=s.eta,
-      prediction_type=config.diffusion.prediction_type, timestep_spacing=s.timestep_spacing,
-      steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one)
-
-
-def ddim_sample_with_known(config: ml_collections.ConfigDict, schedule: diffusion.Schedule,
-                           model_fn, conds, scales, known: jax.Array, mask: jax.Array,
-                           key: jax.Array) -> jax.Array:
-  """`ddim_sample` of latents `(b, f, h, w, c)` whose `mask` `(b, f)` frames are given.
-
-  At every step the given frames enter the model forward-noised,
-  `x_t = alpha_t known + sigma_t eps` with one fixed eps, exactly as the model
-  saw context frames in training (the sampler's own estimate of them is never
-  fed back), and they are copied unchanged into the result.
-  """
-  noise = jax.random.normal(key, known.shape)
-  keep = mask[:, :, None, None, None]
-  guided = diffusion.make_guided_denoiser(model_fn, conds, scales)
-
-  def denoise(x_t, t):
-    alpha = diffusion.expand_to(schedule.alpha(t), known.ndim)
-    sigma = diffusion.expand_to(schedule.sigma(t), known.ndim)
-    return guided(keep * (alpha * known + sigma * noise) + (1.0 - keep) * x_t, t)
-
-  z = _configured_ddim(config, schedule, denoise, noise, key)
-  return keep * known + (1.0 - keep) * z
+  def decode(self, params, latents):
+    return decode_latents(self.autoencoder, params, latents)

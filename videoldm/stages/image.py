@@ -8,37 +8,36 @@ frozen: `config.trainable` selects `unet/`.
 Param tree: `autoencoder/`, `latent_scale`, `unet/`.
 """
 
-import einops
 import jax
 import jax.numpy as jnp
 
+from videoldm.diffusion import sampling
 from videoldm.models import autoencoder as autoencoder_lib
 from videoldm.models import unet as unet_lib
-from videoldm.train.stages import base
-from videoldm.train.stages import latent
-from videoldm.train import stages
+from videoldm.stages import denoising
+from videoldm.stages import latents
 
 
-class ImageStage(base.Stage):
+class ImageStage(latents.LatentStage):
   """Image LDM: Eq. 1 on frame latents, eps or v objective."""
 
   def __init__(self, config):
     super().__init__(config)
-    self.autoencoder = autoencoder_lib.AutoencoderKL(latent.autoencoder_config(config))
+    self.autoencoder = autoencoder_lib.AutoencoderKL(latents.autoencoder_config(config))
     self.unet = unet_lib.UNet(config.model.unet)
-    self.schedule = latent.make_schedule(config)
+    self.schedule = denoising.make_schedule(config)
 
   def frame_batch(self, batch):
     """Video batch -> one image per frame: latents input `(b f) h w c`, labels `(b f,)`."""
     video = batch['video']
-    labels = jnp.repeat(latent.class_labels(batch), video.shape[1])  # (b f,)
+    labels = jnp.repeat(denoising.class_labels(batch), video.shape[1])  # (b f,)
     return video, labels
 
   def init_params(self, rng, batch):
     ae_key, unet_key = jax.random.split(rng)
-    ae_params = latent.init_autoencoder_params(self.autoencoder, ae_key, batch['video'].shape[2])
+    ae_params = latents.init_autoencoder_params(self.autoencoder, ae_key, batch['video'].shape[2])
     scale = jnp.asarray(self.autoencoder.config.scaling_factor, jnp.float32)
-    z = latent.encode_video(self.autoencoder, dict(autoencoder=ae_params, latent_scale=scale),
+    z = latents.encode_video(self.autoencoder, dict(autoencoder=ae_params, latent_scale=scale),
                             batch['video'][:1, :1], None)[:, 0]
     unet_params = self.unet.init(unet_key, z, jnp.zeros((1,), jnp.int32),
                                  class_labels=jnp.zeros((1,), jnp.int32))['params']
@@ -47,38 +46,39 @@ class ImageStage(base.Stage):
   def calibrate(self, params, batch):
     if not self.config.model.calibrate_latent_scale:
       return params
-    return latent.calibrate_latents(self.autoencoder, params, batch['video'],
+    return latents.calibrate_latents(self.autoencoder, params, batch['video'],
                                     centre=self.config.model.get('centre_latents', False))
 
   def loss_fn(self, params, batch, rng, step):
     del step
     enc_key, noise_key, drop_key = jax.random.split(rng, 3)
     video, labels = self.frame_batch(batch)
-    z0 = latent.frames_of(latent.encode_video(self.autoencoder, params, video, enc_key))
-    labels = latent.drop_labels(drop_key, labels, self.config.model.label_dropout,
+    z0 = latents.frames_of(latents.encode_video(self.autoencoder, params, video, enc_key))
+    labels = denoising.drop_labels(drop_key, labels, self.config.model.label_dropout,
                                 unet_lib.null_class_label(self.config.model.unet))
-    noised = latent.add_noise(self.schedule, z0, noise_key)
+    noised = denoising.add_noise(self.schedule, z0, noise_key)
     prediction = self.unet.apply({'params': params['unet']}, noised.x_t, noised.t,
                                  class_labels=labels)
-    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised)
+    loss = denoising.denoising_loss(self.config, self.schedule, prediction, z0, noised)
     return loss, {'latent_std': jnp.std(z0)}
 
-  def sample(self, params, batch, rng):
-    """One class-conditional sample per eval video (its first frame's label), CFG."""
-    video = batch['video']
-    labels = latent.class_labels(batch)
+  def sample_images(self, params, labels, latent_shape, key, options):
+    """Classifier-free guided DDIM of frame latents `latent_shape` for `labels`."""
     null = jnp.full_like(labels, unet_lib.null_class_label(self.config.model.unet))
-    z_shape = latent.encode_video(self.autoencoder, params, video[:, :1], None).shape
-    noise = jax.random.normal(rng, z_shape[:1] + z_shape[2:])  # (b, h, w, c)
+    noise = jax.random.normal(key, latent_shape)  # (b, h, w, c)
 
     def model_fn(x, t, cond):
       return self.unet.apply({'params': params['unet']}, x, t, class_labels=cond)
 
-    z = latent.ddim_sample(self.config, self.schedule, model_fn, [null, labels],
-                           [self.config.sampling.guidance_scale], noise, rng)
-    samples = latent.decode_latents(self.autoencoder, params, z[:, None])
+    return sampling.guided_sample(model_fn, [null, labels], [options.guidance_scale], noise, key,
+                                  self.schedule, self.config.diffusion.prediction_type, options)
+
+  def sample(self, params, batch, rng):
+    """One class-conditional sample per eval video (its first frame's label), CFG."""
+    video = batch['video']
+    z_shape = latents.encode_video(self.autoencoder, params, video[:, :1], None).shape
+    z = self.sample_images(params, denoising.class_labels(batch), z_shape[:1] + z_shape[2:], rng,
+                           self.sampling_options())
+    samples = latents.decode_latents(self.autoencoder, params, z[:, None])
     reference = video[:, :1]
     return {'samples': jnp.clip(samples, -1, 1), 'data': reference}
-
-
-stages.register_stage('image', ImageStage)

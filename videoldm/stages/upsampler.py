@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from videoldm import diffusion
+from videoldm.diffusion import sampling
 from videoldm.models import unet as unet_lib
 from videoldm.models import video_unet as video_unet_lib
-from videoldm.train import stages
-from videoldm.train.stages import base
-from videoldm.train.stages import latent
+from videoldm.stages import base
+from videoldm.stages import denoising
 
 
 def downsample(video: jax.Array, factor: int) -> jax.Array:
@@ -77,7 +77,7 @@ class UpsamplerStage(base.Stage):
                        '(noise levels 0..max and the null class).')
     self.unet = (video_unet_lib.VideoUNet(unet_config) if self.temporal
                  else unet_lib.UNet(unet_config))
-    self.schedule = latent.make_schedule(config)
+    self.schedule = denoising.make_schedule(config)
 
   def apply_unet(self, params, x, t, condition, noise_level):
     """x, condition: `(b, f, H, W, 3)`; the U-Net sees their channel concatenation."""
@@ -145,33 +145,32 @@ class UpsamplerStage(base.Stage):
     low = downsample(x0, self.options.scale)
     condition, t_g = self.condition_low_res(low, aug_key)
     target = (x0 - self.base(low)) * self.target_scale  # b f H W 3: frames or their detail
-    noised = latent.add_noise(self.schedule, target, noise_key)
+    noised = denoising.add_noise(self.schedule, target, noise_key)
     prediction = self.apply_unet(params, noised.x_t, noised.t, condition, t_g)
-    loss = latent.denoising_loss(self.config, self.schedule, prediction, target, noised)
+    loss = denoising.denoising_loss(self.config, self.schedule, prediction, target, noised)
     return loss, {'noise_level': jnp.mean(t_g.astype(jnp.float32))}
+
+  def upsample(self, params, low_res, key, options):
+    """DDIM x`scale` upsampling of `low_res` `(b, f, h, w, 3)` in [-1, 1].
+
+    The low-resolution frames are noise-augmented at `config.sampling.upsampler_noise_level`.
+    """
+    aug_key, key = jax.random.split(key)
+    condition, t_g = self.condition_low_res(low_res, aug_key,
+                                            self.config.sampling.upsampler_noise_level)
+    model_fn = lambda x, t, cond: self.apply_unet(params, x, t, *cond)
+    noise = jax.random.normal(key, condition.shape)
+    x = sampling.guided_sample(model_fn, [(condition, t_g)], [], noise, key, self.schedule,
+                               self.config.diffusion.prediction_type, options)
+    return jnp.clip(self.base(low_res) + x / self.target_scale, -1, 1)
 
   def sample(self, params, batch, rng):
     """Upsamples whole eval frames (convolutionally) at the sampling noise level."""
     video = batch['video'] if self.temporal else batch['video'][:, :1]
     low_res = downsample(video, self.options.scale)
-    return {'upsampled': upsample(self, params, low_res, rng), 'data': video}
-
-
-def upsample(stage: UpsamplerStage, params, low_res: jax.Array, rng: jax.Array) -> jax.Array:
-  """DDIM x`scale` upsampling of `low_res` `(b, f, h, w, 3)` in [-1, 1] at the sampling level."""
-  aug_key, rng = jax.random.split(rng)
-  condition, t_g = stage.condition_low_res(low_res, aug_key,
-                                           stage.config.sampling.upsampler_noise_level)
-  model_fn = lambda x, t, cond: stage.apply_unet(params, x, t, *cond)
-  noise = jax.random.normal(rng, condition.shape)
-  x = latent.ddim_sample(stage.config, stage.schedule, model_fn, [(condition, t_g)], [],
-                         noise, rng)
-  return jnp.clip(stage.base(low_res) + x / stage.target_scale, -1, 1)
+    return {'upsampled': self.upsample(params, low_res, rng, self.sampling_options()),
+            'data': video}
 
 
 class ImageUpsamplerStage(UpsamplerStage):
   temporal = False
-
-
-stages.register_stage('upsampler', UpsamplerStage)
-stages.register_stage('upsampler_image', ImageUpsamplerStage)

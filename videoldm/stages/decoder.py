@@ -24,10 +24,9 @@ import ml_collections
 
 from videoldm.models import autoencoder as autoencoder_lib
 from videoldm.models import temporal_decoder
-from videoldm.train import stages
-from videoldm.train.stages import base
-from videoldm.train.stages import gan
-from videoldm.train.stages import latent
+from videoldm.stages import base
+from videoldm.stages import gan
+from videoldm.stages import latents
 
 
 def temporal_decoder_config(
@@ -42,7 +41,7 @@ class DecoderStage(base.Stage):
   def __init__(self, config):
     super().__init__(config)
     gan.check_loss_config(config.model.loss)
-    ae_config = latent.autoencoder_config(config)
+    ae_config = latents.autoencoder_config(config)
     self.temporal_config = temporal_decoder_config(config)
     self.autoencoder = temporal_decoder.TemporalAutoencoderKL(ae_config,
                                                               temporal=self.temporal_config)
@@ -52,7 +51,7 @@ class DecoderStage(base.Stage):
   def init_params(self, rng, batch):
     ae_key, disc_key = jax.random.split(rng)
     video = batch['video'][:1]  # (1, f, H, W, 3)
-    ae_params = self.autoencoder.init(ae_key, latent.frames_of(video),
+    ae_params = self.autoencoder.init(ae_key, latents.frames_of(video),
                                       num_frames=video.shape[1])['params']
     return dict(autoencoder=ae_params,
                 discriminator=self.discriminator.init(disc_key, video)['params'])
@@ -62,7 +61,7 @@ class DecoderStage(base.Stage):
 
   def encode(self, ae_params, video, key):
     """Frozen-encoder latents `((b f), h, w, c)`: a posterior sample with `key`, else the mean."""
-    posterior = self.autoencoder.apply({'params': ae_params}, latent.frames_of(video),
+    posterior = self.autoencoder.apply({'params': ae_params}, latents.frames_of(video),
                                        method=self.autoencoder.encode)
     z = posterior.mode() if key is None else posterior.sample(key)
     return jax.lax.stop_gradient(z)
@@ -99,6 +98,3 @@ class DecoderStage(base.Stage):
     framewise = einops.rearrange(framewise, '(b f) h w c -> b f h w c', b=video.shape[0])
     return {'temporal_decoder': jnp.clip(temporal, -1, 1),
             'image_decoder': jnp.clip(framewise, -1, 1), 'data': video}
-
-
-stages.register_stage('decoder', DecoderStage)

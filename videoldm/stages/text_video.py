@@ -14,90 +14,34 @@ weights arrive through `init_from.path` (a file written by
 `python -m videoldm.convert.temporal_transfer --sd_path=... --out=...`).
 
 Memory options (config.model):
-  remat: '' (off) or 'blocks' (`nn.remat` on every U-Net block);
+  remat: '' (off) or 'blocks' (`nn.remat` on every U-Net block, `models.remat`);
     remat_policy: a `jax.checkpoint_policies` name ('nothing_saveable', ...).
   unet.dtype: 'bfloat16' computes the U-Net and text encoder in bf16 while the
     params (master weights, optimiser state) stay float32.
   decode_chunk: frames per VAE decoder call (0 = all at once).
 """
 
-import dataclasses
-import functools
-
 import einops
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from videoldm.diffusion import sampling
+from videoldm.models import remat
 from videoldm.models import text as text_lib
 from videoldm.models import tokenizer as tokenizer_lib
-from videoldm.models import video_unet as video_unet_lib
-from videoldm.train import stages
-from videoldm.train.stages import latent
-from videoldm.train.stages import video as video_stage
-
-REMAT_MODES = ('', 'blocks')
-
-
-def remat_block(block_cls, policy):
-  """`block_cls` whose call is rematerialised (`nn.remat`) with `policy`.
-
-  The block's call-time `FrameInfo` carries a static frame count next to
-  arrays, so it is split into both and rebuilt inside the remat'd function.
-  """
-
-  class RematBlock(block_cls):
-
-    def __call__(self, *args):
-      *leading, deterministic, extra = args
-      arrays = {f.name: getattr(extra, f.name) for f in dataclasses.fields(extra)
-                if f.name != 'num_frames'}
-      num_frames = extra.num_frames
-
-      def body(module, leading, arrays):
-        info = video_unet_lib.FrameInfo(num_frames, **arrays)
-        return block_cls.__call__(module, *leading, deterministic, info)
-
-      return nn.remat(body, policy=policy)(self, leading, arrays)
-
-  RematBlock.__name__ = block_cls.__name__
-  return RematBlock
-
-
-@functools.cache
-def remat_unet_class(policy_name: str) -> type[video_unet_lib.VideoUNet]:
-  """A `VideoUNet` subclass with rematerialised blocks (same params)."""
-  policy = getattr(jax.checkpoint_policies, policy_name, None)
-  if policy is None:
-    raise ValueError(f'model.remat_policy={policy_name!r} is not a jax.checkpoint_policies '
-                     "name (e.g. 'nothing_saveable', 'dots_saveable').")
-
-  class RematVideoUNet(video_unet_lib.VideoUNet):
-    down_block_cls = remat_block(video_unet_lib.VideoDownBlock, policy)
-    mid_block_cls = remat_block(video_unet_lib.VideoMidBlock, policy)
-    up_block_cls = remat_block(video_unet_lib.VideoUpBlock, policy)
-
-  return RematVideoUNet
-
-
-def make_unet(model_config) -> video_unet_lib.VideoUNet:
-  """The video U-Net of `model_config`, rematerialised when `model_config.remat`."""
-  mode = model_config.get('remat', '')
-  if mode not in REMAT_MODES:
-    raise ValueError(f'model.remat={mode!r} is not one of {REMAT_MODES}.')
-  if not mode:
-    return video_unet_lib.VideoUNet(model_config.unet)
-  return remat_unet_class(model_config.get('remat_policy', 'nothing_saveable'))(
-      model_config.unet)
-
+from videoldm.stages import denoising
+from videoldm.stages import latents
+from videoldm.stages import video as video_stage
 
 class TextVideoStage(video_stage.VideoStage):
   """Text-to-video (and text-conditioned prediction) LDM on captioned video."""
 
+  text_conditioned = True
+
   def __init__(self, config):
     super().__init__(config)
-    self.unet = make_unet(config.model)
+    self.unet = remat.make_unet(config.model)
     text_config = text_lib.CLIPTextConfig(**config.model.text_encoder.to_dict())
     self.text_encoder = text_lib.CLIPTextModel(text_config, jnp.dtype(config.model.unet.dtype))
     self.text_length = text_config.max_position_embeddings
@@ -111,13 +55,13 @@ class TextVideoStage(video_stage.VideoStage):
       self._tokenizer = tokenizer_lib.CLIPTokenizer.from_folder(self.config.model.tokenizer_path)
     return self._tokenizer
 
-  def tokenize_fn(self, texts) -> np.ndarray:
+  def tokenize(self, texts) -> np.ndarray:
     """Captions -> int32 token ids `(b, text_length)` (the data pipeline's `caption`)."""
     return self.tokenizer(list(texts), max_length=self.text_length)
 
   def null_ids(self, batch_size: int) -> np.ndarray:
     """Token ids of the empty prompt (the unconditional branch of CFG)."""
-    return np.repeat(self.tokenize_fn(['']), batch_size, axis=0)
+    return np.repeat(self.tokenize(['']), batch_size, axis=0)
 
   def encode_text(self, params, ids: jax.Array) -> jax.Array:
     """Token ids `(b, n)` -> frozen CLIP context `(b, n, d)`."""
@@ -127,7 +71,7 @@ class TextVideoStage(video_stage.VideoStage):
 
   # -------------------------------------------------------------- frames
   def latent_size(self) -> tuple[int, int]:
-    factor = 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
+    factor = self.autoencoder.config.downsampling_factor
     h, w = self.config.model.frame_size
     return h // factor, w // factor
 
@@ -148,12 +92,12 @@ class TextVideoStage(video_stage.VideoStage):
     frames = einops.rearrange(z, 'b f h w c -> (b f) 1 h w c')  # ((b f), 1, h, w, c)
     n = frames.shape[0]
     if not chunk or chunk >= n:
-      decoded = latent.decode_latents(self.autoencoder, params, frames)
+      decoded = latents.decode_latents(self.autoencoder, params, frames)
     else:
       pad = -n % chunk
       frames = jnp.concatenate([frames, jnp.zeros((pad,) + frames.shape[1:])], axis=0)
       chunks = einops.rearrange(frames, '(n k) 1 h w c -> n k h w c', k=chunk)
-      decoded = jax.lax.map(lambda c: latent.decode_latents(self.autoencoder, params, c[:, None]),
+      decoded = jax.lax.map(lambda c: latents.decode_latents(self.autoencoder, params, c[:, None]),
                             chunks)  # (n, k, 1, H, W, 3)
       decoded = einops.rearrange(decoded, 'n k 1 h w c -> (n k) 1 h w c')[:n]
     return einops.rearrange(decoded, '(b f) 1 h w c -> b f h w c', b=z.shape[0])
@@ -190,7 +134,7 @@ class TextVideoStage(video_stage.VideoStage):
       raise ValueError(f'The text_video stage needs captions, but the batch has only '
                        f'{sorted(batch)}; use a dataset with a caption feature.')
     enc_key, noise_key, drop_key, mask_key = jax.random.split(rng, 4)
-    z0 = latent.encode_video(self.autoencoder, params, batch['video'], enc_key)
+    z0 = latents.encode_video(self.autoencoder, params, batch['video'], enc_key)
     b, f = z0.shape[:2]
     drop = jax.random.bernoulli(drop_key, self.config.model.caption_dropout, (b, 1))
     ids = jnp.where(drop, jnp.asarray(self.null_ids(b)), batch['caption'])
@@ -198,50 +142,36 @@ class TextVideoStage(video_stage.VideoStage):
     mask = jnp.zeros((b, f))
     if self.config.model.unet.temporal.context_frames:
       mask = self.context_mask(mask_key, b, f)
-    noised = latent.add_noise(self.schedule, z0, noise_key)
+    noised = denoising.add_noise(self.schedule, z0, noise_key)
     prediction = self.apply_unet(params, noised.x_t, noised.t, text_context, z0, mask)
-    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised)
+    loss = denoising.denoising_loss(self.config, self.schedule, prediction, z0, noised)
     return loss, {'context_frames': jnp.mean(jnp.sum(mask, axis=1)),
                   'captions_dropped': jnp.mean(drop.astype(jnp.float32))}
 
-  def sample_window(self, params, context_latents, mask, ids, rng):
-    """One DDIM window from token ids `(b, n)`, with text and context guidance.
+  def sample_window(self, params, known, mask, cond, key, options):
+    """One DDIM window from token ids `cond` `(b, n)`, with text and context guidance.
 
-    Branches (least conditioned first): empty prompt without context; empty
-    prompt with context; prompt with context (the middle one only when the
-    model takes context frames). Known frames enter each step forward-noised
-    and are copied into the result (`latent.ddim_sample_with_known`).
+    Branches as `diffusion.sampling.context_guided_sample`, the prompt's CFG
+    against the empty prompt; without context frames (`unet.temporal.
+    context_frames` off) only text guidance.
     """
-    b = ids.shape[0]
-    text = self.encode_text(params, ids)
-    null = self.encode_text(params, jnp.asarray(self.null_ids(b)))
-    s = self.config.sampling
-    if self.config.model.unet.temporal.context_frames:
-      conds = [(null, jnp.zeros_like(mask)), (null, mask), (text, mask)]
-      scales = [s.context_guidance, s.guidance_scale]
-    else:
-      conds, scales = [(null, mask), (text, mask)], [s.guidance_scale]
-
-    def model_fn(x, t, cond):
-      text_context, cond_mask = cond
-      repeats = x.shape[0] // context_latents.shape[0]
-      context = jnp.concatenate([context_latents] * repeats, axis=0)
-      return self.apply_unet(params, x, t, text_context, context, cond_mask)
-
-    return latent.ddim_sample_with_known(self.config, self.schedule, model_fn, conds, scales,
-                                         context_latents, mask, rng)
+    text = self.encode_text(params, cond)
+    null = self.encode_text(params, jnp.asarray(self.null_ids(cond.shape[0])))
+    model_fn = lambda x, t, context, z, m: self.apply_unet(params, x, t, context, z, m)
+    return sampling.context_guided_sample(
+        model_fn, known, mask, text, null, key, self.schedule,
+        self.config.diffusion.prediction_type, options,
+        context_branch=bool(self.config.model.unet.temporal.context_frames))
 
   def sample(self, params, batch, rng):
     """Each eval clip from its caption (and its first `sampling.num_context` frames)."""
     video = batch['video']
-    z0 = latent.encode_video(self.autoencoder, params, video, None)
+    z0 = latents.encode_video(self.autoencoder, params, video, None)
     b, f = z0.shape[:2]
     num_context = self.config.sampling.num_context
     if not self.config.model.unet.temporal.context_frames:
       num_context = 0
-    mask = latent.leading_frames_mask(jnp.full((b,), num_context), f)
-    z = self.sample_window(params, z0, mask, batch['caption'], rng)
+    mask = denoising.leading_frames_mask(jnp.full((b,), num_context), f)
+    z = self.sample_window(params, z0, mask, batch['caption'], rng, self.sampling_options())
     return {'prediction': jnp.clip(self.decode(params, z), -1, 1), 'data': video}
 
-
-stages.register_stage('text_video', TextVideoStage)

@@ -13,13 +13,12 @@ Param tree: `autoencoder/`, `latent_scale`, `unet/` (with `regime` inputs).
 import jax
 import jax.numpy as jnp
 
+from videoldm.diffusion import sampling
 from videoldm.models import autoencoder as autoencoder_lib
 from videoldm.models import unet as unet_lib
 from videoldm.models import video_unet as video_unet_lib
-from videoldm.train import stages
-from videoldm.train.stages import base
-from videoldm.train.stages import latent
-from videoldm.train.stages import video as video_stage
+from videoldm.stages import denoising
+from videoldm.stages import latents
 
 UPSAMPLING = 4  # Frames per key-frame interval: 3 new frames between each pair.
 
@@ -57,7 +56,7 @@ def check_clip_length(num_frames: int, strides, num_key_frames: int) -> None:
                      f'config.data.num_frames is {num_frames}.')
 
 
-class InterpolationStage(base.Stage):
+class InterpolationStage(latents.LatentStage):
   """Masked-frame interpolation LDM with binary regime conditioning."""
 
   def __init__(self, config):
@@ -67,9 +66,9 @@ class InterpolationStage(base.Stage):
     if not config.model.unet.temporal.regime_conditioning:
       raise ValueError('The interpolation stage needs '
                        'config.model.unet.temporal.regime_conditioning=True.')
-    self.autoencoder = autoencoder_lib.AutoencoderKL(latent.autoencoder_config(config))
+    self.autoencoder = autoencoder_lib.AutoencoderKL(latents.autoencoder_config(config))
     self.unet = video_unet_lib.VideoUNet(config.model.unet)
-    self.schedule = latent.make_schedule(config)
+    self.schedule = denoising.make_schedule(config)
 
   def windows(self, batch, key, regime=None):
     """Windows `(b, 4 (K - 1) + 1, H, W, 3)`, their regimes (random unless given), mask."""
@@ -90,10 +89,10 @@ class InterpolationStage(base.Stage):
 
   def init_params(self, rng, batch):
     ae_key, unet_key = jax.random.split(rng)
-    ae_params = latent.init_autoencoder_params(self.autoencoder, ae_key, batch['video'].shape[2])
+    ae_params = latents.init_autoencoder_params(self.autoencoder, ae_key, batch['video'].shape[2])
     scale = jnp.asarray(self.autoencoder.config.scaling_factor, jnp.float32)
     length = window_length(self.config.model.interpolation.num_key_frames)
-    z = latent.encode_video(self.autoencoder, dict(autoencoder=ae_params, latent_scale=scale),
+    z = latents.encode_video(self.autoencoder, dict(autoencoder=ae_params, latent_scale=scale),
                             batch['video'][:1, :length], None)
     unet_params = self.unet.init(
         unet_key, z, jnp.zeros((1,), jnp.int32), class_labels=jnp.zeros((1,), jnp.int32),
@@ -105,26 +104,39 @@ class InterpolationStage(base.Stage):
     del step
     window_key, enc_key, noise_key, drop_key = jax.random.split(rng, 4)
     video, regime, mask = self.windows(batch, window_key)
-    z0 = latent.encode_video(self.autoencoder, params, video, enc_key)
-    labels = latent.drop_labels(drop_key, latent.class_labels(batch),
+    z0 = latents.encode_video(self.autoencoder, params, video, enc_key)
+    labels = denoising.drop_labels(drop_key, denoising.class_labels(batch),
                                 self.config.model.label_dropout,
                                 unet_lib.null_class_label(self.config.model.unet))
-    noised = latent.add_noise(self.schedule, z0, noise_key)
+    noised = denoising.add_noise(self.schedule, z0, noise_key)
     prediction = self.apply_unet(params, noised.x_t, noised.t, labels, z0, mask, regime)
-    loss = latent.denoising_loss(self.config, self.schedule, prediction, z0, noised)
+    loss = denoising.denoising_loss(self.config, self.schedule, prediction, z0, noised)
     return loss, {'regime_fine': jnp.mean(regime.astype(jnp.float32))}
+
+  def sample_window(self, params, known, mask, cond, key, options, regime=None):
+    """Generates the frames between the `mask` key frames of each window in `regime` `(b,)`.
+
+    Context guidance (Eq. 4) and label guidance, one model call per step;
+    `regime` defaults to T -> 4T (0).
+    """
+    if regime is None:
+      regime = jnp.zeros(cond.shape[:1], jnp.int32)
+    null = jnp.full_like(cond, unet_lib.null_class_label(self.config.model.unet))
+
+    def model_fn(x, t, labels, context, m):
+      regimes = jnp.concatenate([regime] * (x.shape[0] // regime.shape[0]), axis=0)
+      return self.apply_unet(params, x, t, labels, context, m, regimes)
+
+    return sampling.context_guided_sample(model_fn, known, mask, cond, null, key, self.schedule,
+                                          self.config.diffusion.prediction_type, options)
 
   def sample(self, params, batch, rng):
     """Interpolates the key frames of each eval window, in the T -> 4T regime."""
     window_key, sample_key = jax.random.split(rng)
     regime = jnp.zeros((batch['video'].shape[0],), jnp.int32)
     video, regime, mask = self.windows(batch, window_key, regime)
-    z0 = latent.encode_video(self.autoencoder, params, video, None)
-    z = video_stage.sample_with_context(
-        self.config, self.schedule, self.apply_unet, params, z0, mask,
-        latent.class_labels(batch), sample_key, regime=regime)
-    samples = latent.decode_latents(self.autoencoder, params, z)
+    z0 = latents.encode_video(self.autoencoder, params, video, None)
+    z = self.sample_window(params, z0, mask, denoising.class_labels(batch), sample_key,
+                           self.sampling_options(), regime=regime)
+    samples = latents.decode_latents(self.autoencoder, params, z)
     return {'interpolation': jnp.clip(samples, -1, 1), 'data': video}
-
-
-stages.register_stage('interpolation', InterpolationStage)

@@ -1,0 +1,91 @@
+"""Reading checkpoints, for training (resume, `init_from`) and inference alike.
+
+A run's checkpoints live in `<workdir>/checkpoints/<step>/` with the items
+`state` (the TrainState), `data` (data iterator states) and `config` (JSON);
+`videoldm.train.checkpointing` writes them. Params are read as numpy, with
+their EMA values overlaid where asked.
+"""
+
+import json
+import os
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'checkpoints')
+
+
+def config_to_json_dict(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON data (tuples become lists, unknown objects strings)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def flat_params(tree: Any) -> dict[str, Any]:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
+
+
+def read_state_params(state_dir: str, use_ema: bool) -> dict[str, np.ndarray]:
+  """Flat params (EMA leaves overlaid when asked) from a checkpoint's `state` item as numpy."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(state_dir).item_metadata.tree
+  wanted = {'params': metadata['params']}
+  if use_ema and metadata.get('ema_params'):
+    wanted['ema_params'] = metadata['ema_params']
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=restore_args, partial_restore=True))
+  flat = flat_params(restored['params'])
+  if use_ema:
+    if 'ema_params' not in restored:
+      raise ValueError(f'init_from.use_ema is set but the checkpoint {state_dir!r} '
+                       'has no EMA params.')
+    flat.update(flat_params(restored['ema_params']))
+  return flat
+
+
+def latest_step_dir(directory: str) -> str:
+  """`directory` is a workdir, its checkpoints/ dir, or one step dir; returns a step dir."""
+  for candidate in (checkpoint_dir(directory), directory):
+    if os.path.isdir(os.path.join(candidate, 'state')):
+      return candidate
+    if os.path.isdir(candidate):
+      steps = [int(name) for name in os.listdir(candidate) if name.isdigit()
+               and os.path.isdir(os.path.join(candidate, name, 'state'))]
+      if steps:
+        return os.path.join(candidate, str(max(steps)))
+  raise FileNotFoundError(f'init_from directory {directory!r} holds no checkpoint; expected a '
+                          'workdir, its checkpoints/ dir or a step dir with a state/ item.')
+
+
+def read_source_params(init_config) -> tuple[str, dict[str, np.ndarray]]:
+  """(description, flat '/'-joined params) named by `init_config.workdir` or `.path`."""
+  location = init_config.get('workdir') or init_config.get('path')
+  if not os.path.exists(location):
+    raise FileNotFoundError(f'init_from location {location!r} does not exist.')
+  use_ema = bool(init_config.get('use_ema', False))
+  if os.path.isdir(location):
+    step_dir = latest_step_dir(location)
+    return step_dir, read_state_params(os.path.join(step_dir, 'state'), use_ema)
+  if location.endswith('.safetensors'):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    return location, dict(load_file(location))
+  if location.endswith('.msgpack'):
+    with open(location, 'rb') as file:
+      return location, flat_params(flax.serialization.msgpack_restore(file.read()))
+  raise ValueError(f'init_from path {location!r} is not a directory, .msgpack or '
+                   '.safetensors file.')
+
+
+def read_config(step_dir: str) -> ml_collections.ConfigDict:
+  """The config saved with the checkpoint in `step_dir`."""
+  path = os.path.join(step_dir, 'config', 'metadata')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Checkpoint {step_dir!r} has no config item ({path!r} is missing).')
+  with open(path) as file:
+    return ml_collections.ConfigDict(json.load(file))
