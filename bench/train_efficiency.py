@@ -42,9 +42,10 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_setup  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from videoldm import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm.models import params as params_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.stages import latents  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-TEMPORAL = r'^unet/.*(temporal|time_mixer|time_pos_embed|context_)'
+TEMPORAL = r'^unet/.*' + params_lib.TEMPORAL_PATTERN
 
 
 def setup(trainable):

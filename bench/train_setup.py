@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from videoldm import config_utils
+from videoldm import stages
 from videoldm.models import params as params_lib
 from videoldm.models import video_unet
 from videoldm.train import sharding as sharding_lib
-from videoldm import stages
 from videoldm.train import train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from videoldm import config_utils
-from videoldm.pipelines import video_ldm
 from videoldm import stages
+from videoldm.pipelines import video_ldm
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
                       'moving_digits.py')

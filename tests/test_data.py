@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from videoldm.data import moving_digits
 from videoldm.data import data_config
+from videoldm.data import moving_digits
 from videoldm.data import pipeline
 from videoldm.data import video_folder
 from videoldm.data import video_io

@@ -13,11 +13,11 @@ import safetensors.numpy
 import torch
 
 from videoldm import export
+from videoldm.models import unet as unet_lib
 from videoldm.pipelines import exported
 from videoldm.pipelines import generate
 from videoldm.pipelines import loading
 from videoldm.pipelines import video_ldm
-from videoldm.models import unet as unet_lib
 import sd_video_helpers
 
 

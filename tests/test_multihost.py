@@ -20,10 +20,10 @@ import sys
 import numpy as np
 import pytest
 
+from videoldm import checkpoints
 from videoldm import config_utils
 from videoldm import distributed
 from videoldm.data import pipeline
-from videoldm import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = 'configs/moving_digits.py:stage=video,runlocal'

@@ -68,8 +68,8 @@ class Missing(importlib.abc.MetaPathFinder):
       raise ModuleNotFoundError(f'No module named {name!r}')
 sys.meta_path.insert(0, Missing())
 from videoldm import config_utils
-from videoldm.train import train_step
 from videoldm.stages import video
+from videoldm.train import train_step
 config = config_utils.load_config('configs/moving_digits.py:stage=video,runlocal')
 assert config.data.name == 'moving_digits', config.data.name
 print('loaded', train_step.create_train_state.__name__)

@@ -9,14 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from videoldm import config_utils
-from videoldm.models import discriminator as discriminator_lib
 from videoldm import checkpoints
+from videoldm import config_utils
 from videoldm import stages
-from videoldm.train import trainer
+from videoldm.models import discriminator as discriminator_lib
+from videoldm.models import params as params_lib
 from videoldm.stages import gan
+from videoldm.train import trainer
 
-TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
+TEMPORAL = params_lib.TEMPORAL_PATTERN
 SIZE, FRAMES = 16, 3
 
 

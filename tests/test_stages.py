@@ -8,14 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from videoldm import checkpoints
 from videoldm import config_utils
 from videoldm import diffusion
 from videoldm.diffusion import sampling
-from videoldm import checkpoints
-from videoldm.train import trainer
-from videoldm.stages import interpolation
 from videoldm.stages import denoising
+from videoldm.stages import interpolation
 from videoldm.stages import upsampler
+from videoldm.train import trainer
 
 from stage_helpers import CONFIG
 from stage_helpers import load_stage

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from videoldm.models import autoencoder as autoencoder_lib
+from videoldm.models import params as params_lib
 from videoldm.models import temporal_decoder
 from videoldm.train import checkpointing
 
-TEMPORAL = r'(temporal|time_mixer|time_pos_embed|context_)'
+TEMPORAL = params_lib.TEMPORAL_PATTERN
 CONFIG = autoencoder_lib.autoencoder_config('tiny', block_out_channels=(16, 32),
                                             norm_num_groups=8, sample_size=16)
 FRAMES = 3

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from videoldm.models import unet as unet_lib
 from videoldm.models import params as params_lib
+from videoldm.models import unet as unet_lib
 from videoldm.models import video_unet
 
 B, F, S = 2, 3, 16

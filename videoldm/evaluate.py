@@ -22,6 +22,7 @@ from absl import logging
 from clu import metric_writers
 import numpy as np
 
+from videoldm import checkpoints
 from videoldm import host_devices
 from videoldm.data import pipeline
 from videoldm.evaluation import clip_score
@@ -32,7 +33,6 @@ from videoldm.evaluation import metrics
 from videoldm.evaluation import report
 from videoldm.pipelines import loading
 from videoldm.pipelines import video_ldm
-from videoldm import checkpoints
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory with one folder per stage.',
                                required=True)

@@ -37,8 +37,8 @@ from videoldm.convert import diffusers as unet_convert
 from videoldm.convert import diffusers_vae
 from videoldm.convert import transformers as text_convert
 from videoldm.models import autoencoder as autoencoder_lib
-from videoldm.models import text as text_lib
 from videoldm.models import params as params_lib
+from videoldm.models import text as text_lib
 from videoldm.pipelines import exported
 from videoldm.pipelines import loading
 

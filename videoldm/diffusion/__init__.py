@@ -1,4 +1,4 @@
-"""Diffusion math (pure JAX, no Flax): schedules, parametrisations, loss, DDIM, guidance."""
+"""Diffusion math (pure JAX, no Flax): schedules, parametrisations, loss, DDIM, guidance, sampling."""
 
 from videoldm.diffusion.ddim import ddim_sample
 from videoldm.diffusion.ddim import ddim_step
@@ -18,3 +18,7 @@ from videoldm.diffusion.schedules import expand_to
 from videoldm.diffusion.schedules import make_schedule
 from videoldm.diffusion.schedules import q_sample
 from videoldm.diffusion.schedules import sample_timesteps
+from videoldm.diffusion.sampling import SamplingOptions
+from videoldm.diffusion.sampling import context_guided_sample
+from videoldm.diffusion.sampling import guided_sample
+from videoldm.diffusion.sampling import sample_with_known
