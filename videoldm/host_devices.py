@@ -3,7 +3,7 @@
 XLA runs a single CPU device's small convolutions and fusions on few threads;
 splitting the host into one device per core and the batch across them uses
 the idle cores (quickstart autoencoder on 2 cores: 1.83 -> 2.67 steps/s,
-bench/RESULTS.md "Quickstart on one device per core"). The flag is read when
+bench/RESULTS.md "One JAX device per core"). The flag is read when
 JAX first initialises its backends, so call this before any JAX computation.
 """
 

@@ -16,7 +16,7 @@ Losses are pure functions of logits and gradients, as in taming's
 The 3D convolutions are `FrameTapConv`: a sum over the kernel's time taps of
 2D convolutions, with `nn.Conv`'s parameters. XLA's CPU backend takes the
 gradient of a strided 3D convolution through a slow generic path (974 ms vs
-2.7 ms for the first layer at batch 8 x 8 frames of 32x32; bench/RESULTS.md,
+2.7 ms for the first layer at batch 8 x 8 frames of 32x32; bench/HISTORY.md,
 "Quickstart: adversarial steps and one-run compiles").
 """
 
