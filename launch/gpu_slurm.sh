@@ -20,8 +20,8 @@
 # Environment: PYTHON (default: python3 on the nodes, e.g. a venv's python).
 # Per-process output is labelled by `srun --label` with the process index.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-PYTHON="${PYTHON:-python3}"
 nodes=1; gpus_per_node=8; per=gpu; partition=""; time_limit="24:00:00"; port=12355
 job_name=videoldm; cpus_per_task=8; dry_run=0
 while (( $# )); do
@@ -36,25 +36,20 @@ while (( $# )); do
     --job_name=*) job_name="${1#*=}" ;;
     --dry-run) dry_run=1 ;;
     --) shift; break ;;
-    *) echo "gpu_slurm.sh: unknown option '$1'; see the options at the top of this script." >&2; exit 2 ;;
+    *) unknown_option "$1" ;;
   esac
   shift
 done
-for value in "$nodes" "$gpus_per_node" "$port" "$cpus_per_task"; do
-  if ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
-    echo "gpu_slurm.sh: '$value' is not a positive integer." >&2; exit 2
-  fi
-done
+require_positive_integers "$nodes" "$gpus_per_node" "$port" "$cpus_per_task"
 case "$per" in
   gpu) tasks_per_node="$gpus_per_node" ;;  # Every task sees all GPUs and picks its own.
   node) tasks_per_node=1 ;;
-  *) echo "gpu_slurm.sh: --per=$per is not 'gpu' or 'node'." >&2; exit 2 ;;
+  *) die "--per=$per is not 'gpu' or 'node'." ;;
 esac
-if ! printf '%s\n' "$@" | grep -q '^--workdir='; then
-  echo "gpu_slurm.sh: no --workdir=DIR after '--'; expected the run's workdir." >&2; exit 2
-fi
+require_workdir "$@"
 
-train_command="$(printf '%q ' "$PYTHON" -m videoldm.main "$@" --config.multiprocess=True)"
+set_main_args multi "$@"
+train_command="$(printf '%q ' "$PYTHON" "${main_args[@]}")"
 # Per task: the coordinator is the job's first node; SLURM numbers the tasks.
 task_script='export JAX_COORDINATOR_ADDRESS="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):'"$port"'"
 export JAX_NUM_PROCESSES="$SLURM_NTASKS" JAX_PROCESS_ID="$SLURM_PROCID"'
@@ -80,7 +75,7 @@ srun --label bash -c $(printf '%q' "$task_script")
 "
 
 if (( dry_run )); then
-  echo "gpu_slurm.sh: dry run; the batch script below would be submitted with sbatch." >&2
+  echo "$LAUNCHER: dry run; the batch script below would be submitted with sbatch." >&2
   printf '%s' "$batch_script"
   exit 0
 fi

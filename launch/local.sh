@@ -9,17 +9,18 @@
 # e.g. XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 CPU devices.
 # --dry-run prints the command instead of running it.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-PYTHON="${PYTHON:-python3}"
 dry_run=0
 args=()
 for arg in "$@"; do
   if [[ "$arg" == "--dry-run" ]]; then dry_run=1; else args+=("$arg"); fi
 done
 
-command=("$PYTHON" -m videoldm.main "${args[@]}")
+set_main_args single "${args[@]}"
+command=("$PYTHON" "${main_args[@]}")
 if (( dry_run )); then
-  printf '%q ' "${command[@]}"; printf '\n'
+  print_command "${command[@]}"
   exit 0
 fi
 exec "${command[@]}"

@@ -15,8 +15,8 @@
 # and each process's log is also kept in <workdir>/logs/process_<i>.log.
 # Exits with the first non-zero exit status of the processes (0 when all pass).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-PYTHON="${PYTHON:-python3}"
 num_processes=2
 devices_per_process=4
 port=12355
@@ -28,26 +28,16 @@ while (( $# )); do
     --port=*) port="${1#*=}" ;;
     --dry-run) dry_run=1 ;;
     --) shift; break ;;
-    *) echo "multiprocess_cpu.sh: unknown option '$1'; expected --num_processes=, --devices_per_process=, --port=, --dry-run or -- followed by videoldm.main flags." >&2; exit 2 ;;
+    *) unknown_option "$1" "expected --num_processes=, --devices_per_process=, --port=, --dry-run or -- followed by videoldm.main flags." ;;
   esac
   shift
 done
-for value in "$num_processes" "$devices_per_process" "$port"; do
-  if ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
-    echo "multiprocess_cpu.sh: '$value' is not a positive integer." >&2; exit 2
-  fi
-done
-
-workdir=""
-for arg in "$@"; do
-  if [[ "$arg" == --workdir=* ]]; then workdir="${arg#--workdir=}"; fi
-done
-if [[ -z "$workdir" ]]; then
-  echo "multiprocess_cpu.sh: no --workdir=DIR after '--'; expected the run's workdir." >&2; exit 2
-fi
+require_positive_integers "$num_processes" "$devices_per_process" "$port"
+require_workdir "$@"
 log_dir="$workdir/logs"
 
-command=("$PYTHON" -m videoldm.main "$@" --config.multiprocess=True)
+set_main_args multi "$@"
+command=("$PYTHON" "${main_args[@]}")
 xla_flags="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$devices_per_process"
 environment() {  # Sets env_vars to the environment of process $1.
   env_vars=(JAX_PLATFORMS=cpu "XLA_FLAGS=$xla_flags" "JAX_COORDINATOR_ADDRESS=localhost:$port"
@@ -88,7 +78,7 @@ for (( left = num_processes; left > 0; left-- )); do  # In the order they finish
   code=0
   wait -n -p finished "${pids[@]}" || code=$?
   if (( code != 0 && status == 0 )); then
-    echo "multiprocess_cpu.sh: a process (pid $finished) exited with status $code; stopping the others." >&2
+    echo "$LAUNCHER: a process (pid $finished) exited with status $code; stopping the others." >&2
     status=$code
     stop_all
   fi

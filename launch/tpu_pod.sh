@@ -20,6 +20,7 @@
 # Each worker's output is prefixed with `[worker <hostname>]` and kept in
 # ~/videoldm-train.log on that worker; log lines also show JAX's process index.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 tpu=""; zone=""; project=""; accelerator_type="v4-8"; version="tpu-ubuntu2204-base"
 setup=1; dry_run=0
@@ -33,27 +34,26 @@ while (( $# )); do
     --skip_setup) setup=0 ;;
     --dry-run) dry_run=1 ;;
     --) shift; break ;;
-    *) echo "tpu_pod.sh: unknown option '$1'; see the options at the top of this script." >&2; exit 2 ;;
+    *) unknown_option "$1" ;;
   esac
   shift
 done
 if [[ -z "$tpu" || -z "$zone" ]]; then
-  echo "tpu_pod.sh: --tpu=NAME and --zone=ZONE are required; got tpu='$tpu' zone='$zone'." >&2; exit 2
+  die "--tpu=NAME and --zone=ZONE are required; got tpu='$tpu' zone='$zone'."
 fi
-if ! printf '%s\n' "$@" | grep -q '^--workdir='; then
-  echo "tpu_pod.sh: no --workdir=DIR after '--'; expected the run's workdir." >&2; exit 2
-fi
+require_workdir "$@"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 gcloud_tpu=(gcloud compute tpus tpu-vm)
 where=(--zone="$zone" ${project:+--project="$project"})
 archive=/tmp/videoldm-src.tar.gz
 remote_setup='python3 -m venv ~/videoldm-venv && ~/videoldm-venv/bin/pip install --quiet --upgrade pip && rm -rf ~/videoldm && mkdir ~/videoldm && tar -xzf ~/videoldm-src.tar.gz -C ~/videoldm && ~/videoldm-venv/bin/pip install --quiet -e ~/videoldm"[tpu]"'
-train_command="~/videoldm-venv/bin/python $(printf '%q ' -m videoldm.main "$@" --config.multiprocess=True)"
+set_main_args multi "$@"
+train_command="~/videoldm-venv/bin/python $(printf '%q ' "${main_args[@]}")"
 remote_train="set -o pipefail; cd ~/videoldm && $train_command 2>&1 | tee ~/videoldm-train.log | sed -u \"s/^/[worker \$(hostname)] /\""
 
 run() {  # Prints the command under --dry-run, runs it otherwise.
-  if (( dry_run )); then printf '%q ' "$@"; printf '\n'; else "$@"; fi
+  if (( dry_run )); then print_command "$@"; else "$@"; fi
 }
 
 if (( dry_run )); then

@@ -67,3 +67,26 @@ def test_strict_errors_name_the_tensor(change, message):
   change(sd)
   with pytest.raises(ValueError, match=message):
     common.state_dict_to_params(sd, _target())
+
+
+def test_one_error_names_every_problem_with_found_and_expected_shapes():
+  sd = _state_dict(np.random.default_rng(3))
+  sd.pop('conv_in.bias')
+  sd['extra.weight'] = np.zeros(3)
+  sd['conv_in.weight'] = np.zeros((8, 4, 3, 2), np.float32)
+  with pytest.raises(ValueError) as error:
+    common.state_dict_to_params(sd, _target())
+  assert str(error.value) == (
+      'State dict does not match the model; missing from the state dict: conv_in/bias; '
+      'unexpected in the state dict: extra.weight; mis-shaped: conv_in.weight (8, 4, 3, 2) '
+      '(expected flax shape (3, 3, 4, 8) for conv_in/kernel).')
+
+
+def test_mismatch_report_lists_at_most_twenty_names_and_passes_when_all_match():
+  common.raise_on_mismatch('Weights file', 'I3D', 'the weights file')  # Nothing to report.
+  with pytest.raises(ValueError, match=r'^Weights file does not match I3D; missing from the '
+                                       r'weights file: a00, a01, .*, a19 \(and 5 more\); '
+                                       r'mis-shaped: w \(2,\) \(expected flax shape \(3,\)\)\.$'):
+    common.raise_on_mismatch('Weights file', 'I3D', 'the weights file',
+                             missing=[f'a{i:02d}' for i in range(25)],
+                             misshaped=[('w', (2,), (3,), None)])

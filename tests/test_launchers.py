@@ -194,3 +194,30 @@ def test_tpu_pod_errors(fake):
   env, _ = fake
   result = launch('tpu_pod.sh', '--zone=z', '--dry-run', '--', '--workdir=gs://b/r', env=env)
   assert result.returncode == 2 and '--tpu=NAME and --zone=ZONE are required' in result.stderr
+
+
+@pytest.mark.parametrize('script, args, message', [
+    ('multiprocess_cpu.sh', ['--bogus', '--', '--workdir=/w'], "unknown option '--bogus'; expected"),
+    ('gpu_slurm.sh', ['--bogus', '--', '--workdir=/w'],
+     "unknown option '--bogus'; see the options at the top of this script."),
+    ('tpu_pod.sh', ['--bogus', '--', '--workdir=/w'],
+     "unknown option '--bogus'; see the options at the top of this script."),
+    ('gpu_slurm.sh', ['--cpus_per_task=1.5', '--', '--workdir=/w'], "'1.5' is not a positive integer."),
+    ('tpu_pod.sh', ['--tpu=pod', '--zone=z', '--dry-run', '--', '--config=x'],
+     "no --workdir=DIR after '--'; expected the run's workdir."),
+])
+def test_shared_checks_name_the_launcher_and_the_offending_value(fake, script, args, message):
+  """The checks of launch/common.sh, as each launcher reports them."""
+  result = launch(script, *args, env=fake[0])
+  assert result.returncode == 2
+  assert result.stderr.startswith(f'{script}: {message}'), result.stderr
+
+
+def test_launchers_find_their_shared_setup_from_any_directory(fake, tmp_path):
+  env, records = fake
+  workdir = f'--workdir={tmp_path}/run'
+  result = subprocess.run(['bash', str(LAUNCH / 'local.sh'), *PASSTHROUGH, workdir],
+                          capture_output=True, text=True, env=env, timeout=60, check=False,
+                          cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert record(records)['argv'] == ['-m', 'videoldm.main', *PASSTHROUGH, workdir]

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from videoldm.models import attention
+from videoldm.models import params as params_lib
 from videoldm.models import temporal
 
 B, F, H, W, C = 2, 3, 8, 8, 32
 CONTEXT_DIM = 12
-TRAINABLE = re.compile(r'temporal|time_mixer|time_pos_embed|context_')
+TRAINABLE = re.compile(params_lib.TEMPORAL_PATTERN)
 
 
 def _frames(key, b=B, f=F, channels=C):
@@ -209,7 +210,8 @@ def test_transformer_per_frame_text_equals_per_video_text(transformer, frames, t
 
 
 def test_block_matches_reference_with_context_broadcast_to_every_location(text):
-  block = temporal.TemporalTransformerBlock(2, 8, cross_attention=True)
+  """The shared `attention.BasicTransformerBlock` on the temporal `(b, h*w, f, c)` layout."""
+  block = attention.BasicTransformerBlock(16, 2, 8, cross_attention=True)
   x = jax.random.normal(jax.random.key(20), (B, 4, F, 16))  # (b, h*w, f, c)
   params = _randomize(jax.jit(block.init)(jax.random.key(21), x, text)['params'], 22)
 

@@ -13,9 +13,11 @@ is flax `('down_blocks_0', 'resnets_1', 'conv1', 'kernel')`. Leaves map as
 
 Which of `kernel`/`scale`/`embedding` a `weight` becomes is read off the target
 param tree, so the conversion needs no per-model table beyond optional renames.
+`raise_on_mismatch` is the package's one report of weights that do not fit a
+model (also used by `videoldm.evaluation.weights`).
 """
 
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import flax.traverse_util
 import numpy as np
@@ -71,6 +73,44 @@ def _format_names(names) -> str:
   return shown + (f' (and {len(names) - 20} more)' if len(names) > 20 else '')
 
 
+def raise_on_mismatch(
+    loaded: str,
+    target: str,
+    source: str,
+    missing: Iterable[str] = (),
+    unexpected: Iterable[str] = (),
+    misshaped: Iterable[tuple[str, tuple[int, ...], tuple[int, ...], str | None]] = (),
+) -> None:
+  """Raises one ValueError naming every missing, unexpected and mis-shaped entry, if any.
+
+  The message reads `<loaded> does not match <target>; missing from <source>:
+  a, b; unexpected in <source>: c; mis-shaped: d (9,) (expected flax shape (8,)
+  for d/path).` with up to 20 sorted names per kind.
+
+  Args:
+    loaded: what was read, e.g. 'State dict' or "Weights file 'i3d.npz'".
+    target: what it must fit, e.g. 'the model' or 'I3D'.
+    source: where missing names were looked for, e.g. 'the state dict'.
+    missing: names the target needs and the source lacks.
+    unexpected: names in the source that the target does not have.
+    misshaped: `(name, found shape, expected flax shape, target name)`; the
+      target name is None where it equals `name`.
+  """
+  missing, unexpected = list(missing), list(unexpected)
+  misshaped = [f'{name} {tuple(found)} (expected flax shape {tuple(expected)}'
+               f'{"" if path is None else f" for {path}"})'
+               for name, found, expected, path in misshaped]
+  problems = []
+  if missing:
+    problems.append(f'missing from {source}: {_format_names(missing)}')
+  if unexpected:
+    problems.append(f'unexpected in {source}: {_format_names(unexpected)}')
+  if misshaped:
+    problems.append(f'mis-shaped: {_format_names(misshaped)}')
+  if problems:
+    raise ValueError(f'{loaded} does not match {target}; ' + '; '.join(problems) + '.')
+
+
 def state_dict_to_params(
     state_dict: Mapping[str, np.ndarray],
     target,
@@ -117,23 +157,13 @@ def state_dict_to_params(
     array = _to_flax_layout(np.asarray(value), leaf)
     expected = tuple(flat_target[path].shape)
     if array.shape != expected:
-      misshaped.append(f'{key} {tuple(np.shape(value))} (expected flax shape '
-                       f'{expected} for {"/".join(path)})')
+      misshaped.append((key, np.shape(value), expected, '/'.join(path)))
       misshaped_paths.add(path)
       continue
     converted[path] = array.astype(np.dtype(flat_target[path].dtype))
   missing = ['/'.join(p) for p in flat_target
              if p not in converted and p not in misshaped_paths]
-  problems = []
-  if missing:
-    problems.append(f'missing from the state dict: {_format_names(missing)}')
-  if unexpected:
-    problems.append(f'unexpected in the state dict: {_format_names(unexpected)}')
-  if misshaped:
-    problems.append(f'mis-shaped: {_format_names(misshaped)}')
-  if problems:
-    raise ValueError('State dict does not match the model; ' +
-                     '; '.join(problems) + '.')
+  raise_on_mismatch('State dict', 'the model', 'the state dict', missing, unexpected, misshaped)
   return flax.traverse_util.unflatten_dict(converted)
 
 

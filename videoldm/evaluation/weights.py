@@ -5,7 +5,8 @@ variable paths joined with '/', prefixed by their collection:
 `params/Conv2d_1a_3x3/conv/kernel`, `batch_stats/Conv2d_1a_3x3/bn/mean`, ...
 Kernels are Flax-shaped (spatial..., in, out). `load_variables` checks the
 file against the module's own variables in both directions (every name
-present, none extra, every shape equal) and names what differs.
+present, none extra, every shape equal) and names what differs (the report of
+`videoldm.convert.common.raise_on_mismatch`).
 """
 
 import os
@@ -13,6 +14,8 @@ import os
 import flax
 import jax
 import numpy as np
+
+from videoldm.convert import common
 
 
 def flatten_variables(variables) -> dict[str, np.ndarray]:
@@ -36,21 +39,12 @@ def load_variables(path: str, module, example) -> dict:
   expected = {name: tuple(leaf.shape) for name, leaf in flatten_variables_shapes(expected)}
   with np.load(path) as file:
     found = {name: file[name] for name in file.files}
-  missing = sorted(set(expected) - set(found))
-  unexpected = sorted(set(found) - set(expected))
-  wrong = sorted(name for name in set(expected) & set(found)
-                 if tuple(found[name].shape) != expected[name])
-  if missing or unexpected or wrong:
-    details = []
-    if missing:
-      details.append(f'{len(missing)} missing (e.g. {missing[0]!r})')
-    if unexpected:
-      details.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]!r})')
-    if wrong:
-      details.append(f'{len(wrong)} with other shapes (e.g. {wrong[0]!r}: '
-                     f'{tuple(found[wrong[0]].shape)} vs {expected[wrong[0]]})')
-    raise ValueError(f'Weights file {path!r} does not match {type(module).__name__}: '
-                     f'{"; ".join(details)}.')
+  misshaped = [(name, found[name].shape, expected[name], None)
+               for name in set(expected) & set(found)
+               if tuple(found[name].shape) != expected[name]]
+  common.raise_on_mismatch(f'Weights file {path!r}', type(module).__name__, 'the weights file',
+                           missing=set(expected) - set(found),
+                           unexpected=set(found) - set(expected), misshaped=misshaped)
   return flax.traverse_util.unflatten_dict(
       {name: np.asarray(value, np.float32) for name, value in found.items()}, sep='/')
 

@@ -1,12 +1,12 @@
 """Attention blocks with diffusers parameter names.
 
 `Attention` (to_q/to_k/to_v/to_out_0), `FeedForward` (GEGLU, net_0/net_2),
-`BasicTransformerBlock` and `SpatialTransformer` (= diffusers
-`Transformer2DModel`, continuous input). The fused kernel used by
-`dot_product_attention` is chosen by `implementation` (config field
-`attention_implementation`): None (automatic), 'xla', 'cudnn' or 'blocked'.
-None means 'blocked' for long sequences on CPU and `jax.nn`'s own choice
-otherwise. 'blocked' is exact attention computed for blocks of queries in a
+`BasicTransformerBlock` (also the block of `temporal.TemporalTransformer`) and
+`SpatialTransformer` (= diffusers `Transformer2DModel`, continuous input).
+The fused kernel used by `dot_product_attention` is chosen by `implementation`
+(config field `attention_implementation`): None (automatic), 'xla', 'cudnn' or
+'blocked'. None means 'blocked' for long sequences on CPU and `jax.nn`'s own
+choice otherwise. 'blocked' is exact attention computed for blocks of queries in a
 loop, so each block's score matrix stays cache-sized; on CPU it runs the
 1024-token self-attention of a 32x32 latent 6x faster than one XLA call
 (bench/RESULTS.md, figure 1).
@@ -140,8 +140,16 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-  """Self-attention, cross-attention (if `cross_attention`), GEGLU MLP; pre-norm.
+  """Pre-norm block: self-attention, cross-attention (if `cross_attention`), GEGLU MLP.
 
+  The one transformer block of the package, for tokens `(b, n, c)` (diffusers'
+  `BasicTransformerBlock`, in `SpatialTransformer`) and for the temporal
+  transformer's `(b, n, f, c)` (in `temporal.TemporalTransformer`):
+    `norm1`/`attn1`: self-attention along axis -2 (tokens, or frames), every
+      axis before it folded into the batch;
+    `norm2`/`attn2`: every position of example i attends to `context[i]`
+      `(b, m, d)` (with an optional key `mask` `(b, m)`);
+    `norm3`/`ff`: GEGLU feed-forward of width `dim` (= `c`).
   Without `cross_attention` there is no `norm2`/`attn2` (as diffusers with
   `cross_attention_dim=None`). With it and `context=None`, `attn2` attends to
   `x` itself, as diffusers does.
@@ -162,9 +170,15 @@ class BasicTransformerBlock(nn.Module):
     attention = lambda name: Attention(self.heads, self.dim_head,
                                        implementation=self.implementation,
                                        dtype=self.dtype, name=name)
-    x = x + attention('attn1')(norm('norm1')(x))
+    sequences, packed = einops.pack([norm('norm1')(x)], '* s c')  # (b ..., s, c)
+    [attended] = einops.unpack(attention('attn1')(sequences), packed, '* s c')
+    x = x + attended
     if self.cross_attention:
-      x = x + attention('attn2')(norm('norm2')(x), context, mask)
+      # Each query attends to its example's context on its own, so flattening
+      # the positions equals broadcasting the context to every location.
+      queries, packed = einops.pack([norm('norm2')(x)], 'b * c')  # (b, n ..., c)
+      [attended] = einops.unpack(attention('attn2')(queries, context, mask), packed, 'b * c')
+      x = x + attended
     return x + FeedForward(self.dim, dtype=self.dtype, name='ff')(norm('norm3')(x))
 
 

@@ -165,47 +165,15 @@ class FramePositionEmbedding(nn.Module):
     return nn.Dense(self.dim, dtype=self.dtype, name='linear_2')(nn.silu(hidden))
 
 
-class TemporalTransformerBlock(nn.Module):
-  """Pre-norm block on `(b, n, f, c)`: self-attention across frames, optional
-  cross-attention to `context (b, m, d)`, GEGLU feed-forward.
-
-  Params `norm1`/`attn1`, `norm2`/`attn2` (with `cross_attention`), `norm3`/`ff`.
-  """
-
-  heads: int
-  dim_head: int
-  cross_attention: bool = False
-  implementation: str | None = None
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
-    b, n, f, c = x.shape
-    norm = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype,
-                                     use_fast_variance=False, name=name)
-    attend = lambda name: attention.Attention(self.heads, self.dim_head,
-                                              implementation=self.implementation,
-                                              dtype=self.dtype, name=name)
-    frames = einops.rearrange(norm('norm1')(x), 'b n f c -> (b n) f c')
-    attended = attend('attn1')(frames)  # ((b n), f, c)
-    x = x + einops.rearrange(attended, '(b n) f c -> b n f c', b=b)
-    if self.cross_attention:
-      # Each query attends to its video's context on its own, so flattening
-      # space and time equals broadcasting the context to every location.
-      queries = einops.rearrange(norm('norm2')(x), 'b n f c -> b (n f) c')
-      attended = attend('attn2')(queries, context)  # (b, n * f, c)
-      x = x + einops.rearrange(attended, 'b (n f) c -> b n f c', f=f)
-    return x + attention.FeedForward(c, dtype=self.dtype, name='ff')(norm('norm3')(x))
-
-
 class TemporalTransformer(nn.Module):
   """Temporal self-attention layer (paper Fig. 4); returns `z' = x + residual`.
 
   `(b f) h w c` (+ `injection`, context features of the same shape, in the
   residual branch only) -> GroupNorm `norm` (per frame) -> Dense `proj_in` to
   `num_heads * head_dim` -> + `time_pos_embed` (frame index, optional regime)
-  -> `depth` x `TemporalTransformerBlock` (`transformer_blocks_{i}`) attending
-  over `(b h w) f c` -> zero-initialised Dense `proj_out` -> + x.
+  -> `depth` x `attention.BasicTransformerBlock` (`transformer_blocks_{i}`) on
+  `(b, h w, f, c)`, self-attending over frames and cross-attending (with
+  `context_dim`) to the text -> zero-initialised Dense `proj_out` -> + x.
   `context` is text `(b, m, context_dim)` (or per frame `((b f), m, d)`, of
   which each video's first frame is used), shared by all spatial locations.
   """
@@ -240,8 +208,8 @@ class TemporalTransformer(nn.Module):
                                          name='time_pos_embed')(num_frames, b, regime)
       hidden = hidden + embedding[:, None]  # (b, 1, f, inner)
     for index in range(self.depth):
-      hidden = TemporalTransformerBlock(
-          self.num_heads, self.head_dim, cross_attention=self.context_dim is not None,
+      hidden = attention.BasicTransformerBlock(
+          inner, self.num_heads, self.head_dim, cross_attention=self.context_dim is not None,
           implementation=self.attention_implementation, dtype=self.dtype,
           name=f'transformer_blocks_{index}')(hidden, context)
     hidden = nn.Dense(channels, dtype=self.dtype, kernel_init=nn.initializers.zeros,
