@@ -24,6 +24,7 @@ import numpy as np
 
 from videoldm import checkpoints
 from videoldm import host_devices
+from videoldm import outputs
 from videoldm.data import pipeline
 from videoldm.evaluation import clip_score
 from videoldm.evaluation import digits
@@ -42,8 +43,10 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Sampling and data seed.')
 _INCEPTION = flags.DEFINE_string('inception_weights', '', 'Inception-v3 .npz (adds FID).')
 _I3D = flags.DEFINE_string('i3d_weights', '', 'I3D .npz (adds FVD).')
 _CLIP = flags.DEFINE_string('clip_dir', '', 'Local CLIPModel folder (adds CLIP similarity).')
-_GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'Label CFG scale (default: the run\'s configs).')
+_GUIDANCE = flags.DEFINE_float('guidance_scale', None,
+                                'Label CFG scale (default: the run\'s configs).')
 _ETA = flags.DEFINE_float('eta', None, 'DDIM eta (0 = deterministic; default: the run\'s configs).')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing evaluation report.')
 
 
 def real_clips(data_config, num_videos: int, seed: int) -> dict:
@@ -72,10 +75,16 @@ def generate(models: dict, labels: np.ndarray, num_frames: int, batch_size: int,
 
 def evaluate(run_dir: str, num_videos: int, batch_size: int = 8, seed: int = 0,
              inception_weights: str = '', i3d_weights: str = '', clip_dir: str = '',
-             guidance_scale: float | None = None, eta: float | None = None) -> dict:
-  """The report dict (also written to `<run_dir>/evaluation/report.json` and TensorBoard)."""
+             guidance_scale: float | None = None, eta: float | None = None,
+             overwrite: bool = False) -> dict:
+  """The report dict (also written to `<run_dir>/evaluation/report.json` and TensorBoard).
+
+  An existing report is refused (before any work) unless `overwrite`.
+  """
   if num_videos < 2:
     raise ValueError(f'num_videos={num_videos} must be >= 2 (Fréchet distances need a spread).')
+  report_path = os.path.join(run_dir, 'evaluation', 'report.json')
+  outputs.check_output(report_path, overwrite)
   start = time.time()
   models = loading.load_run(run_dir, names=('image', 'video', 'decoder'))
   data_config = models['video'].stage.config.data
@@ -96,7 +105,7 @@ def evaluate(run_dir: str, num_videos: int, batch_size: int = 8, seed: int = 0,
   results['seconds'] = time.time() - start
   record = dict(metrics=results, run=run_dir, num_videos=num_videos, seed=seed,
                 guidance_scale=guidance_scale, eta=eta, feature_nets=nets.record)
-  report.write_json(os.path.join(output, 'report.json'), record)
+  report.write_json(report_path, record)
   writer = metric_writers.create_default_writer(output)
   step = int(os.path.basename(checkpoints.latest_step_dir(
       os.path.join(run_dir, 'video'))))
@@ -110,7 +119,7 @@ def main(argv):
   del argv
   host_devices.use_one_device_per_core()  # Sampling splits the videos over the cores.
   evaluate(_WORKDIR.value, _NUM_VIDEOS.value, _BATCH.value, _SEED.value, _INCEPTION.value,
-           _I3D.value, _CLIP.value, _GUIDANCE.value, _ETA.value)
+           _I3D.value, _CLIP.value, _GUIDANCE.value, _ETA.value, _OVERWRITE.value)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,9 @@ r"""Exports trained Video LDM stages.
       [--stage=video] --batch_size=1 --num_frames=8 --latent_size=40,64
 
 `--workdir` is a run folder (one workdir per stage), one stage's workdir
-(a `text_video` stage is exported as 'video'), or a safetensors export.
+(a `text_video` stage is exported as 'video'), or a safetensors export. A
+non-empty `--out` is refused unless `--overwrite` (which replaces it), and so
+is any `--out` inside a run's checkpoint folder.
 
   safetensors  inference params (EMA where kept) of every stage + configs as
                JSON (+ the tokenizer), loadable by `videoldm.sample --workdir=<dir>`.
@@ -32,6 +34,7 @@ import numpy as np
 import safetensors.numpy
 
 from videoldm import checkpoints
+from videoldm import outputs
 from videoldm import stages
 from videoldm.convert import diffusers as unet_convert
 from videoldm.convert import diffusers_vae
@@ -174,11 +177,17 @@ def export_stablehlo(model, out: str, batch_size: int, num_frames: int,
 
 def export(workdir: str, fmt: str, out: str, stage: str = 'video', use_ema: bool = True,
            batch_size: int = 1, num_frames: int | None = None,
-           latent_size: tuple[int, int] | None = None) -> str:
-  """Runs one export; see the module docstring."""
+           latent_size: tuple[int, int] | None = None, overwrite: bool = False) -> str:
+  """Runs one export into the folder `out` (refused if not empty, unless `overwrite`)."""
   if fmt not in FORMATS:
     raise ValueError(f'--format={fmt!r} is not one of {FORMATS}.')
+  outputs.check_output(out, overwrite)
+  source, target = os.path.abspath(workdir), os.path.abspath(out)
+  if os.path.commonpath([source, target]) == target:
+    raise ValueError(f'--out={out!r} is or contains the exported run {workdir!r}; choose '
+                     'another folder.')
   models = load_models(workdir, use_ema)
+  outputs.replace_folder(out, overwrite)
   if fmt == 'safetensors':
     return export_safetensors(models, out)
   if stage not in models:
@@ -203,6 +212,7 @@ def define_flags() -> None:
   flags.DEFINE_integer('batch_size', 1, 'stablehlo: videos per call.')
   flags.DEFINE_integer('num_frames', None, 'stablehlo: frames per window.')
   flags.DEFINE_list('latent_size', None, 'stablehlo: latent h,w.')
+  flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out folder.')
 
 
 def main(argv):
@@ -220,7 +230,7 @@ def main(argv):
     if len(latent_size) != 2:
       raise ValueError(f'--latent_size={",".join(f.latent_size)} must be two integers h,w.')
   out = export(f.workdir, f.format, f.out, f.stage, f.use_ema, f.batch_size, f.num_frames,
-               latent_size)
+               latent_size, f.overwrite)
   logging.info('Exported %s to %s.', f.format, out)
 
 

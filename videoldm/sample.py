@@ -13,7 +13,7 @@ trained temporal layers on another image backbone (e.g. DreamBooth):
   python -m videoldm.sample --workdir=/tmp/sd_export --text="a sks dog running" \
       --interpolation_passes=0 --spatial_from=/models/sd15_dreambooth
 Writes the MP4 (and GIF with `--gif`) and `<out>_frames.png`, a contact sheet
-of every 4th frame, one row per video.
+of every 4th frame, one row per video; existing files are kept unless `--overwrite`.
 """
 
 from absl import app
@@ -43,6 +43,7 @@ _INTERPOLATION = flags.DEFINE_integer('interpolation_passes', 1, 'T -> 4T passes
 _UPSAMPLE = flags.DEFINE_bool('upsample', False, 'Apply the x4 video upsampler.')
 _WINDOW = flags.DEFINE_integer('window_frames', None, 'Frames per prediction window.')
 _GIF = flags.DEFINE_bool('gif', False, 'Also write a GIF next to the MP4.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace existing output files.')
 
 
 def settings_from_flags() -> video_ldm.Settings:
@@ -70,7 +71,8 @@ def main(argv):
     raise app.UsageError('--workdir is required.')
   host_devices.use_one_device_per_core()  # Before JAX starts: the videos split over the cores.
   count = generate.generate(_WORKDIR.value, settings_from_flags(), _OUT.value, _FPS.value,
-                            _GIF.value, spatial_from=_SPATIAL_FROM.value)
+                            _GIF.value, spatial_from=_SPATIAL_FROM.value,
+                            overwrite=_OVERWRITE.value)
   logging.info('Done: %d frames in %s.', count, _OUT.value)
 
 

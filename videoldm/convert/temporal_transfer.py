@@ -23,6 +23,7 @@ import flax
 import numpy as np
 import safetensors.numpy
 
+from videoldm import outputs
 from videoldm.convert import loaders
 from videoldm.models import params as params_lib
 
@@ -80,19 +81,26 @@ def is_sd_pipeline(path: str) -> bool:
       os.path.isdir(os.path.join(path, name)) for name in ('unet', 'vae', 'text_encoder'))
 
 
-def write_params(params: Any, out_file: str) -> str:
+def write_params(params: Any, out_file: str, overwrite: bool = False) -> str:
   """Writes a param tree as one flat ('/'-joined names) safetensors file."""
-  if not out_file.endswith('.safetensors'):
-    raise ValueError(f'Output file {out_file!r} must end in .safetensors.')
+  check_params_file(out_file, overwrite)
   os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
   flat = {k: np.array(v, order='C') for k, v in _flat(params).items()}
   safetensors.numpy.save_file(flat, out_file)
   return out_file
 
 
-def convert_sd_pipeline(sd_path: str, out_file: str) -> str:
+def check_params_file(out_file: str, overwrite: bool = False) -> None:
+  """Raises unless `out_file` is a .safetensors path that may be written."""
+  if not out_file.endswith('.safetensors'):
+    raise ValueError(f'Output file {out_file!r} must end in .safetensors.')
+  outputs.check_output(out_file, overwrite)
+
+
+def convert_sd_pipeline(sd_path: str, out_file: str, overwrite: bool = False) -> str:
   """Writes the spatial params of an SD folder as an `init_from.path` file."""
-  return write_params(spatial_params_from_sd(sd_path), out_file)
+  check_params_file(out_file, overwrite)  # Before the (slow) conversion.
+  return write_params(spatial_params_from_sd(sd_path), out_file, overwrite)
 
 
 def main(argv):
@@ -100,11 +108,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS.sd_path or not flags.FLAGS.out:
     raise app.UsageError('--sd_path and --out are required.')
-  convert_sd_pipeline(flags.FLAGS.sd_path, flags.FLAGS.out)
+  convert_sd_pipeline(flags.FLAGS.sd_path, flags.FLAGS.out, flags.FLAGS.overwrite)
 
 
 if __name__ == '__main__':
   # Defined here only, so importing this module adds no global flags.
   flags.DEFINE_string('sd_path', None, 'Stable Diffusion pipeline folder.')
   flags.DEFINE_string('out', None, 'Output .safetensors file.')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing output file.')
   app.run(main)

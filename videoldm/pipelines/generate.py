@@ -26,13 +26,15 @@ class Progress:
 
 
 def generate(run_dir: str, settings: video_ldm.Settings, out: str, fps: float,
-             gif: bool = False, spatial_from: str | None = None) -> int:
+             gif: bool = False, spatial_from: str | None = None, overwrite: bool = False) -> int:
   """Loads the run's stages, streams the video into `out`; returns the frame count.
 
   Text prompts need only the (text) video stage. `spatial_from` (an SD folder,
   export folder, workdir or params file) replaces the spatial params of the
   image and video stages, keeping the trained temporal layers (paper Sec. 4.2.1).
+  Existing outputs are refused unless `overwrite` (checked before any loading).
   """
+  writer.check_outputs(out, gif, overwrite)
   required = ('video',) if settings.prompts else ('image', 'video')
   models = loading.load_run(run_dir, required=required)
   if spatial_from:
@@ -45,7 +47,7 @@ def generate(run_dir: str, settings: video_ldm.Settings, out: str, fps: float,
             models[name].stage, temporal_transfer.transfer_temporal(models[name].params, spatial))
   pipeline = video_ldm.VideoLDM(models, settings)
   progress = Progress(settings.num_frames)
-  with writer.VideoWriter(out, fps, gif) as video:
+  with writer.VideoWriter(out, fps, gif, overwrite=overwrite) as video:
     for frame in pipeline.frames():
       video.append(frame)
       progress(video.count)

@@ -8,6 +8,8 @@ import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
 
+from videoldm import outputs
+
 
 def to_uint8(frame) -> np.ndarray:
   """`[-1, 1]` float `(..., h, w, 3)` -> uint8."""
@@ -26,6 +28,19 @@ def contact_sheet(frames: list[np.ndarray]) -> np.ndarray:
   return np.concatenate(np.concatenate(list(stacked), axis=1), axis=1)  # (b h, n w, 3)
 
 
+def output_paths(path: str, gif: bool) -> list[str]:
+  """The files a `VideoWriter` at `path` writes: the MP4, the GIF, the contact sheet."""
+  return [path] + ([path[:-4] + '.gif'] if gif else []) + [path[:-4] + '_frames.png']
+
+
+def check_outputs(path: str, gif: bool, overwrite: bool = False) -> None:
+  """Raises before any work if `path` is no .mp4 or one of its files may not be written."""
+  if not path.endswith('.mp4'):
+    raise ValueError(f'Output path {path!r} must end in .mp4.')
+  for output in output_paths(path, gif):
+    outputs.check_output(output, overwrite)
+
+
 class VideoWriter:
   """Appends frames to MP4 (and optionally GIF) files as they arrive.
 
@@ -34,9 +49,8 @@ class VideoWriter:
   """
 
   def __init__(self, path: str, fps: float, gif: bool = False, keyframe_every: int = 4,
-               sheet_columns: int = 16):
-    if not path.endswith('.mp4'):
-      raise ValueError(f'Output path {path!r} must end in .mp4.')
+               sheet_columns: int = 16, overwrite: bool = False):
+    check_outputs(path, gif, overwrite)
     if fps <= 0:
       raise ValueError(f'fps={fps} must be positive.')
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -77,9 +91,9 @@ class VideoWriter:
 
 
 def write_all(frames: Iterable, path: str, fps: float, gif: bool = False,
-              keyframe_every: int = 4) -> int:
+              keyframe_every: int = 4, overwrite: bool = False) -> int:
   """Streams `frames` into `path`; returns the number of frames written."""
-  with VideoWriter(path, fps, gif, keyframe_every) as writer:
+  with VideoWriter(path, fps, gif, keyframe_every, overwrite=overwrite) as writer:
     for frame in frames:
       writer.append(frame)
   return writer.count
