@@ -24,6 +24,7 @@ import numpy as np
 
 from videoldm import checkpoints
 from videoldm import host_devices
+from videoldm import logs
 from videoldm import outputs
 from videoldm.data import pipeline
 from videoldm.evaluation import clip_score
@@ -118,6 +119,7 @@ def evaluate(run_dir: str, num_videos: int, batch_size: int = 8, seed: int = 0,
 def main(argv):
   del argv
   host_devices.use_one_device_per_core()  # Sampling splits the videos over the cores.
+  logs.quiet_libraries()
   evaluate(_WORKDIR.value, _NUM_VIDEOS.value, _BATCH.value, _SEED.value, _INCEPTION.value,
            _I3D.value, _CLIP.value, _GUIDANCE.value, _ETA.value, _OVERWRITE.value)
 

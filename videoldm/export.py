@@ -221,6 +221,7 @@ def main(argv):
   f = flags.FLAGS
   if not f.workdir or not f.out:
     raise app.UsageError('--workdir and --out are required.')
+  logs.quiet_libraries()
   latent_size = None
   if f.latent_size:
     try:
@@ -235,5 +236,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from videoldm import logs  # pylint: disable=g-import-not-at-top  (defines --library_logs)
   define_flags()
   app.run(main)

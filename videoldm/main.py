@@ -3,16 +3,25 @@
   python -m videoldm.main --config=configs/<file>.py:<args> --workdir=<dir>
 
 Runs `videoldm.train.trainer.train_and_evaluate`; restarting with the same
-workdir resumes from its latest checkpoint.
+workdir resumes from its latest checkpoint. Libraries' INFO lines (orbax,
+TensorFlow, tfds, grain, JAX) stay off the console unless `--library_logs`
+(TensorFlow's C++ ones: `TF_CPP_MIN_LOG_LEVEL=0`).
 """
 
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Before TensorFlow loads: no C++ INFO.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from videoldm import logs
 from videoldm.train import trainer
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).', lock_config=True)
@@ -23,6 +32,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  logs.quiet_libraries()
   # No device query here: jax.distributed.initialize() (config.multiprocess) must come first.
   logging.info('JAX %s; config:\n%s', jax.__version__, FLAGS.config)
   trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)

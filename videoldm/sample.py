@@ -21,6 +21,7 @@ from absl import flags
 from absl import logging
 
 from videoldm import host_devices
+from videoldm import logs
 from videoldm.pipelines import generate
 from videoldm.pipelines import video_ldm
 
@@ -70,6 +71,7 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required.')
   host_devices.use_one_device_per_core()  # Before JAX starts: the videos split over the cores.
+  logs.quiet_libraries()
   count = generate.generate(_WORKDIR.value, settings_from_flags(), _OUT.value, _FPS.value,
                             _GIF.value, spatial_from=_SPATIAL_FROM.value,
                             overwrite=_OVERWRITE.value)
