@@ -1,9 +1,9 @@
 r"""The paper's ablations (Tables 1 and 3) at toy scale on `moving_digits`.
 
 Builds on a quickstart run (`--base_run`, trained here if missing: the same
-stages, sizes and steps as the README's main command, `configs/moving_digits.py`
-with `quickstart`) and trains, with fixed seeds, the Table 1 video variants
-from its image LDM:
+stages, sizes and steps as the README's main command,
+`configs/moving_digits_quickstart.py`) and trains, with fixed seeds, the Table 1
+video variants from its image LDM:
 
   Table 1  image LDM sampled frame by frame (no temporal layers)
            video LDM trained end to end, no image pre-training (`^unet/` trainable)
@@ -49,7 +49,7 @@ from videoldm.stages import latents
 from videoldm.stages import upsampler as upsampler_stage
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from configs import moving_digits  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import moving_digits_quickstart  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/videoldm_ablations', 'Where runs are kept.')
 _BASE_RUN = flags.DEFINE_string('base_run', None, 'A quickstart run to build on (trained here '
@@ -73,12 +73,12 @@ def base_run() -> str:
 
 
 def video_steps() -> int:
-  return max(2, int(moving_digits.QUICKSTART_STEPS['video'] * _STEPS_SCALE.value))
+  return max(2, int(moving_digits_quickstart.QUICKSTART_STEPS['video'] * _STEPS_SCALE.value))
 
 
 def video_config(**overrides):
   """The quickstart's `video` stage config, from the base run's image LDM."""
-  config = moving_digits.get_config('stage=video,quickstart')
+  config = moving_digits_quickstart.get_config('stage=video')
   steps = video_steps()
   values = {'total_steps': steps, 'seed': _SEED.value,
             'optimizer.warmup_steps': max(1, steps // 10), 'log_every': max(1, steps // 5),
@@ -247,8 +247,8 @@ def write_report(record) -> None:
               ('Trainable params', 'trainable_params')]
   columns3 = [('FVD-md', 'fvd_md'), ('FID-md', 'fid_md'), ('Flicker', 'flicker'),
               ('L1 to source', 'l1'), ('Identity', 'identity')]
-  steps = dict(moving_digits.QUICKSTART_STEPS, video=max(
-      2, int(moving_digits.QUICKSTART_STEPS['video'] * record['steps_scale'])))
+  steps = dict(moving_digits_quickstart.QUICKSTART_STEPS, video=max(
+      2, int(moving_digits_quickstart.QUICKSTART_STEPS['video'] * record['steps_scale'])))
   body = report_lib.ablations_markdown(
       table(record['table1'], columns1), table(record['table3'], columns3),
       command=' '.join(['python bench/ablations.py'] + record['argv']), steps=steps,
@@ -271,7 +271,7 @@ def main(argv):
     return
   start = time.time()
   base = base_run()
-  chain.train_all(base, chain.default_config_file(), 'quickstart', stages=BASE_STAGES)
+  chain.train_all(base, chain.quickstart_config_file(), '', stages=BASE_STAGES)
   timings = {'base run': time.time() - start}
   image_dir = os.path.join(base, 'image')
   ours = video_config()

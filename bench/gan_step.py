@@ -30,7 +30,7 @@ from videoldm.models import discriminator  # pylint: disable=g-import-not-at-top
 from videoldm import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.stages import gan  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-CONFIG = f'{common.REPO}/configs/moving_digits.py:stage={{}},quickstart'
+CONFIG = f'{common.REPO}/configs/moving_digits_quickstart.py:stage={{}}'
 
 
 def disc_grad_fn(conv_cls):

@@ -1,6 +1,6 @@
 r"""Quickstart stage variants: how recognisable and how steady are their digits?
 
-Retrains one quickstart stage (configs/moving_digits.py with `quickstart`)
+Retrains one quickstart stage (configs/moving_digits_quickstart.py)
 from a quickstart run's previous stage with config overrides, then scores it
 with the project's digit nets (`evaluation/digits.py`) on 48 test clips:
 
@@ -60,7 +60,7 @@ from videoldm.train import trainer
 from videoldm.stages import upsampler as upsampler_stage
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from configs import moving_digits  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import moving_digits_quickstart  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BASE_RUN = flags.DEFINE_string('base_run', '/tmp/videoldm_quickstart',
                                 'Quickstart run: its autoencoder, data and feature nets.')
@@ -114,7 +114,7 @@ def colour_metrics(frames: np.ndarray, real: np.ndarray) -> dict:
 
 def upsampler_metrics(model) -> dict:
   """`UPSAMPLER_METRICS` of `model` (an upsampler stage) on up to 40 test clips."""
-  data_config = config_utils.override(moving_digits.get_config('stage=upsampler,quickstart'), **{
+  data_config = config_utils.override(moving_digits_quickstart.get_config('stage=upsampler'), **{
       'data.data_dir': os.path.join(_BASE_RUN.value, 'data')}).data
   clips = next(pipeline.make_dataset(data_config, 'test', min(_NUM_CLIPS.value, 40),
                                      shuffle=False, seed=0))
@@ -159,7 +159,7 @@ def train_variant(workdir: str, overrides: dict) -> float:
   """Trains the stage with `overrides` into `workdir` unless done; seconds."""
   if os.path.isdir(os.path.join(workdir, 'checkpoints')):
     return 0.0
-  config = moving_digits.get_config(f'stage={_STAGE.value},quickstart')
+  config = moving_digits_quickstart.get_config(f'stage={_STAGE.value}')
   values = {'data.data_dir': os.path.join(_BASE_RUN.value, 'data')}
   if PREVIOUS_STAGE[_STAGE.value]:
     values['init_from.workdir'] = os.path.join(_BASE_RUN.value, PREVIOUS_STAGE[_STAGE.value])
@@ -185,7 +185,7 @@ def score(workdir: str, sampling: dict, overrides: dict) -> dict:
   if _STAGE.value.startswith('upsampler'):
     return upsampler_metrics(video_ldm.Model(stage, model.params))
   data_overrides = {k: v for k, v in overrides.items() if k.startswith('data.builder_kwargs')}
-  data_config = config_utils.override(moving_digits.get_config('stage=video,quickstart'), **{
+  data_config = config_utils.override(moving_digits_quickstart.get_config('stage=video'), **{
       'data.data_dir': os.path.join(_BASE_RUN.value, 'data'), **data_overrides}).data
   clips = next(pipeline.make_dataset(data_config, 'test', _NUM_CLIPS.value, shuffle=False,
                                      seed=0))

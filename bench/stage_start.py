@@ -4,7 +4,7 @@ For the quickstart stages that start from a previous stage (`init_from`), on
 one JAX device per core as the quickstart runs, with a batch of zeros:
 
   before  the whole param tree's init compiled and run, then the update step
-          compiled (what the trainer did until stop 22);
+          compiled (what the trainer did before commit beeeca8);
   ours    only the params the source lacks (`init_from.exempt`) initialised
           (`train_step.init_params_at`) while the update step compiles in a
           thread (`train_step.compile_in_background`).
@@ -40,7 +40,7 @@ from videoldm.train import sharding as sharding_lib  # pylint: disable=g-import-
 from videoldm import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.train import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-CONFIG = f'{common.REPO}/configs/moving_digits.py:stage={{}},quickstart'
+CONFIG = f'{common.REPO}/configs/moving_digits_quickstart.py:stage={{}}'
 
 
 def setup(name: str):

@@ -64,68 +64,83 @@ def get_config(arg=None):
                                init_path='', runlocal=False)
   if arg.sd_version not in ('sd15', 'sd21'):
     raise ValueError(f"sd_version={arg.sd_version!r} is not 'sd15' or 'sd21'.")
-  runlocal = arg.runlocal
   config = ml_collections.ConfigDict()
   config.stage = 'text_video'
   config.seed = 0
-  config.total_steps = 3 if runlocal else 100_000
-  config.batch_size = 2 if runlocal else 64
-  config.optimizer = dict(lr=1e-4, warmup_steps=1 if runlocal else 1000, decay_steps=None,
-                          b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0)
-  config.ema_decay = 0.9 if runlocal else 0.9999
+  config.total_steps = 100_000
+  config.batch_size = 64
+  # decay_steps 0: the cosine decay spans all total_steps. grad_clip 0 would turn clipping off.
+  config.optimizer = dict(lr=1e-4, warmup_steps=1000, decay_steps=0, b1=0.9, b2=0.999,
+                          weight_decay=0.0, grad_clip=1.0)
+  config.ema_decay = 0.9999
   config.trainable = r'^unet/.*' + TEMPORAL
   config.init_from = dict(
       workdir='', path=arg.init_path or (os.path.join(arg.sd_path, 'videoldm_params.safetensors')
                                          if arg.sd_path else ''),
-      exempt=[TEMPORAL], use_ema=False)
+      exempt=(TEMPORAL,), ignore=(), use_ema=False)
 
   config.mesh = dict(data=-1, fsdp=1)
-  config.sharding = dict(rules=[('mlp', 'fsdp'), ('embed', None)])
-  config.checkpoint = dict(every_steps=None if runlocal else 2000, keep=3, async_save=True)
-  config.log_every = 1 if runlocal else 50
-  config.eval_every = 0 if runlocal else 2000
+  config.sharding = dict(rules=(('mlp', 'fsdp'), ('embed', None)))
+  # Periods in steps. 0: checkpoints only at the end; no evals, samples or metrics.
+  config.checkpoint = dict(every_steps=2000, keep=3, async_save=True)
+  config.log_every = 50
+  config.eval_every = 2000
   config.eval_steps = 1
-  config.sample_every = 0 if runlocal else 5000
+  config.sample_every = 5000
+  config.metrics_every = 0  # Digit metrics need a moving_digits dataset (evaluation/hook.py).
   config.max_consecutive_nonfinite = 10
   config.multiprocess = False
 
   config.data = data_config.default_data_config()
-  if runlocal:
-    config.data.builder_config = 'tiny'
-    config.data.num_frames, config.data.image_size = 4, 32
-  else:
-    config.data.name = 'video_folder'
-    config.data.builder_config = ''
-    config.data.builder_kwargs = dict(video_dir=arg.video_dir, image_size=512, num_frames=32)
-    config.data.num_frames, config.data.frame_stride, config.data.image_size = 16, 2, 512
-    config.data.num_workers = 8
+  config.data.name = 'video_folder'
+  config.data.builder_config = ''
+  config.data.builder_kwargs = dict(video_dir=arg.video_dir, image_size=512, num_frames=32)
+  config.data.num_frames, config.data.frame_stride, config.data.image_size = 16, 2, 512
+  config.data.num_workers = 8
 
   unet, autoencoder, text_encoder = backbone_configs(arg.sd_path, arg.sd_version)
   unet.temporal = video_unet.temporal_config()
   unet.temporal.text_context = True
   unet.temporal.context_frames = True
-  unet.temporal.conv_kernel_size = (3, 3, 3) if runlocal else (3, 1, 1)
-  unet.dtype = 'float32' if runlocal else 'bfloat16'
+  unet.temporal.conv_kernel_size = (3, 1, 1)
+  unet.dtype = 'bfloat16'
   config.diffusion = dict(schedule='scaled_linear', num_train_steps=1000, beta_start=0.00085,
                           beta_end=0.012, prediction_type=unet.prediction_type,
                           loss_weighting='none', min_snr_gamma=5.0)
-  config.sampling = dict(num_steps=2 if runlocal else 50, eta=0.0, timestep_spacing='trailing',
-                         steps_offset=0, set_alpha_to_one=True, guidance_scale=7.5,
-                         context_guidance=1.5, num_context=1)
+  config.sampling = dict(num_steps=50, eta=0.0, timestep_spacing='trailing', steps_offset=0,
+                         set_alpha_to_one=True, guidance_scale=7.5, context_guidance=1.5,
+                         num_context=1)
 
   config.model = ml_collections.ConfigDict()
   config.model.sd_path = arg.sd_path
   config.model.tokenizer_path = os.path.join(arg.sd_path, 'tokenizer') if arg.sd_path else ''
-  config.model.unet = unet
-  config.model.autoencoder = autoencoder
-  config.model.text_encoder = text_encoder
+  config.model.unet = config_utils.typed_nones(unet)
+  config.model.autoencoder = config_utils.typed_nones(autoencoder)
+  config.model.text_encoder = config_utils.typed_nones(text_encoder)
   config.model.text_output = 'last'  # CLIP context: 'last' or 'penultimate' hidden states.
-  config.model.frame_size = (16, 32) if runlocal else (320, 512)  # (h, w) centre crop.
+  config.model.frame_size = (320, 512)  # (h, w) centre crop.
   config.model.caption_dropout = 0.1
   config.model.context_probs = (0.5, 0.25, 0.25)  # P(S = 0), P(S = 1), P(S = 2).
   config.model.calibrate_latent_scale = False  # SD's scaling_factor is kept.
   config.model.centre_latents = False  # SD's VAE is used as released.
-  config.model.remat = '' if runlocal else 'blocks'  # '' or 'blocks'.
+  config.model.remat = 'blocks'  # '' or 'blocks'.
   config.model.remat_policy = 'nothing_saveable'
-  config.model.decode_chunk = 2 if runlocal else 8  # Frames per VAE decoder call.
+  config.model.decode_chunk = 8  # Frames per VAE decoder call (0: all at once).
+
+  if arg.runlocal:  # A CPU minute, on the captioned moving_digits tiny dataset.
+    config.total_steps, config.batch_size = 3, 2
+    config.optimizer.warmup_steps = 1
+    config.ema_decay = 0.9
+    config.checkpoint.every_steps = 0
+    config.log_every = 1
+    config.eval_every = config.sample_every = 0
+    config.data = data_config.default_data_config()
+    config.data.builder_config = 'tiny'
+    config.data.num_frames, config.data.image_size = 4, 32
+    config.model.unet.temporal.conv_kernel_size = (3, 3, 3)
+    config.model.unet.dtype = 'float32'
+    config.sampling.num_steps = 2
+    config.model.frame_size = (16, 32)
+    config.model.remat = ''
+    config.model.decode_chunk = 2
   return config

@@ -8,10 +8,13 @@ from videoldm import stages
 from videoldm.train import chain
 
 
-def test_stage_config_starts_each_stage_from_its_predecessor(tmp_path):
+@pytest.mark.parametrize('config_file', [chain.default_config_file(),
+                                         chain.quickstart_config_file()],
+                         ids=['moving_digits', 'quickstart'])
+def test_stage_config_starts_each_stage_from_its_predecessor(config_file, tmp_path):
   run = str(tmp_path)
   for stage in stages.CHAIN:
-    config = chain.stage_config(chain.default_config_file(), stage, 'runlocal', run)
+    config = chain.stage_config(config_file, stage, 'runlocal', run)
     assert config.stage == stage
     assert config.data.data_dir == os.path.join(run, 'data')
     source = stages.STAGES[stage].init_from

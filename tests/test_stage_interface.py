@@ -1,12 +1,15 @@
 """The stage table, the declared Stage interface, and the one-way import graph."""
 
 import ast
+import json
 import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
+from videoldm import checkpoints
 from videoldm import config_utils
 from videoldm import stages
 
@@ -80,3 +83,30 @@ def test_inference_never_loads_the_training_package(entry_points):
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                           check=False)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize('stage, removed, expected', [
+    ('image', 'centre_latents', False),
+    ('upsampler', 'upsampler', None),  # Only `residual*` inside it; checked below.
+])
+def test_configs_saved_before_a_field_existed_load_with_its_old_meaning(tmp_path, stage, removed,
+                                                                       expected):
+  config = config_utils.load_config(f'{CONFIG}:stage={stage},runlocal')
+  saved = json.loads(config.to_json_best_effort())
+  if removed == 'upsampler':
+    del saved['model']['upsampler']['residual'], saved['model']['upsampler']['residual_scale']
+  else:
+    del saved['model'][removed]
+  (tmp_path / 'config').mkdir()
+  (tmp_path / 'config' / 'metadata').write_text(json.dumps(saved))
+  loaded = checkpoints.read_config(str(tmp_path))
+  built = stages.get_stage(stage)(loaded)
+  if removed == 'upsampler':
+    assert (built.options.residual, built.options.residual_scale) == (False, 1.0)
+    assert built.target_scale == 1.0
+  else:
+    assert loaded.model[removed] is expected
+  assert 'text_output' not in loaded.model  # Fields of other stages are not added.
+  current = json.loads(config.to_json_best_effort())
+  assert checkpoints.upgrade_config(json.loads(json.dumps(current))).to_dict() == \
+      ml_collections.ConfigDict(current).to_dict()

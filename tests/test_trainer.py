@@ -127,13 +127,13 @@ def toy_config(**overrides) -> ml_collections.ConfigDict:
   """A complete trainer config for the toy stage; dotted-key overrides."""
   config = ml_collections.ConfigDict(dict(
       seed=0, stage=TOY_STAGE, total_steps=6, batch_size=8,
-      optimizer=dict(lr=1e-2, warmup_steps=2, decay_steps=None, b1=0.9, b2=0.99,
+      optimizer=dict(lr=1e-2, warmup_steps=2, decay_steps=0, b1=0.9, b2=0.99,
                      weight_decay=1e-4, grad_clip=1.0),
       ema_decay=0.9, trainable='temporal', init_from=None,
       mesh=dict(data=-1, fsdp=1),
       sharding=dict(rules=[('mlp', 'fsdp'), ('embed', None), ('norm', None)]),
       checkpoint=dict(every_steps=2, keep=2, async_save=True),
-      log_every=1, eval_every=0, eval_steps=2, sample_every=0,
+      log_every=1, eval_every=0, eval_steps=2, sample_every=0, metrics_every=0,
       max_consecutive_nonfinite=3, multiprocess=False,
       data=dict(frames=4, size=8, sigterm_at=-1, marker_dir=''),
       model=dict(channels=16, nan_steps=(), calibrate=False)))
@@ -321,7 +321,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path):
 def test_missing_init_from_path_is_a_one_line_error(tmp_path):
   missing = str(tmp_path / 'no_such_run')
   config = toy_config(init_from=ml_collections.ConfigDict(
-      dict(workdir=missing, path='', exempt=[], use_ema=False)))
+      dict(workdir=missing, path='', exempt=[], ignore=[], use_ema=False)))
   with pytest.raises(FileNotFoundError, match=f'init_from location {missing!r} does not exist'):
     trainer.train_and_evaluate(config, str(tmp_path / 'run'), dataset_fn=FakeVideos)
 

@@ -209,7 +209,7 @@ def test_trainable_regex_errors():
 
 
 def _init_config(**fields):
-  defaults = dict(workdir='', path='', exempt=[], use_ema=False)
+  defaults = dict(workdir='', path='', exempt=[], ignore=[], use_ema=False)
   return ml_collections.ConfigDict({**defaults, **fields})
 
 

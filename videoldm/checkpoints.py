@@ -82,10 +82,42 @@ def read_source_params(init_config) -> tuple[str, dict[str, np.ndarray]]:
                    '.safetensors file.')
 
 
+# Config fields added after checkpoints were first written, with the value that
+# reproduces what a config saved without them meant: (dotted key, value, the
+# field that must exist for the key to apply).
+ADDED_FIELDS = (
+    ('model.centre_latents', False, 'model.autoencoder'),
+    ('model.upsampler.residual', False, 'model.upsampler'),
+    ('model.upsampler.residual_scale', 1.0, 'model.upsampler'),
+    ('model.text_output', 'last', 'model.text_encoder'),
+    ('model.decode_chunk', 0, 'model.text_encoder'),
+)
+
+
+def _has(tree: dict, dotted: str) -> bool:
+  for part in dotted.split('.'):
+    if not isinstance(tree, dict) or part not in tree:
+      return False
+    tree = tree[part]
+  return True
+
+
+def upgrade_config(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config (JSON data) with the `ADDED_FIELDS` it predates filled in."""
+  for dotted, value, needs in ADDED_FIELDS:
+    if _has(saved, needs) and not _has(saved, dotted):
+      *parents, leaf = dotted.split('.')
+      node = saved
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+  return ml_collections.ConfigDict(saved)
+
+
 def read_config(step_dir: str) -> ml_collections.ConfigDict:
-  """The config saved with the checkpoint in `step_dir`."""
+  """The config saved with the checkpoint in `step_dir` (older ones upgraded)."""
   path = os.path.join(step_dir, 'config', 'metadata')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Checkpoint {step_dir!r} has no config item ({path!r} is missing).')
   with open(path) as file:
-    return ml_collections.ConfigDict(json.load(file))
+    return upgrade_config(json.load(file))

@@ -6,10 +6,41 @@ and is read with `parse_arg`. Configs are used locked: a misspelled key is an
 error that names it.
 """
 
+import copy
 import importlib.util
 import os
 
 import ml_collections
+from ml_collections import config_dict
+
+# Model fields where None means "unset", and the type a command-line value for them has.
+OPTIONAL_FIELDS = dict(attention_implementation=str, attention_head_dim=int,
+                       cross_attention_dim=int, num_class_embeds=int, num_heads=int,
+                       head_dim=int)
+
+
+def typed_nones(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with each None leaf of `OPTIONAL_FIELDS` a typed placeholder (still None).
+
+  A bare None cannot be set from the command line; a typed placeholder can.
+  """
+  for name, value in list(config.items()):
+    if isinstance(value, ml_collections.ConfigDict):
+      typed_nones(value)
+    elif value is None and name in OPTIONAL_FIELDS:
+      config[name] = config_dict.placeholder(OPTIONAL_FIELDS[name])
+  return config
+
+
+def load_module(path: str):
+  """The config script at `path` as a module (configs/ is a folder of scripts, not a package)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Config file {path!r} does not exist.')
+  module_spec = importlib.util.spec_from_file_location(
+      f'_videoldm_config_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
 
 
 def _parse_value(name: str, text: str, default):
@@ -61,12 +92,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads `'path/to/config.py[:arg]'` and returns the config, locked."""
   path, _, arg = spec.partition(':')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Config file {path!r} does not exist.')
-  module_spec = importlib.util.spec_from_file_location(
-      f'_videoldm_config_{abs(hash(path))}', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load_module(path)
   if not hasattr(module, 'get_config'):
     raise ValueError(f'Config file {path!r} defines no get_config(arg).')
   config = module.get_config(arg or None)
@@ -80,7 +106,7 @@ def override(config: ml_collections.ConfigDict, **values) -> ml_collections.Conf
   `override(cfg, **{'optimizer.lr': 1e-3})`; an unknown key raises a
   ValueError naming it.
   """
-  config = ml_collections.ConfigDict(config.to_dict(), type_safe=True)
+  config = copy.deepcopy(config)  # Keeps typed placeholders typed.
   config.lock()
   for dotted, value in values.items():
     node = config

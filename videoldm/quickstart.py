@@ -2,9 +2,9 @@ r"""Trains the whole Video LDM stack at toy size on CPU and writes a video.
 
   python -m videoldm.quickstart --workdir=/tmp/videoldm_quickstart
 
-Runs every stage of `configs/moving_digits.py` in order (autoencoder, image
-LDM, video prediction model, interpolation, temporal decoder, upsampler), each
-in `<workdir>/<stage>` and started from the previous one with `init_from`,
+Runs every stage of `configs/moving_digits_quickstart.py` in order (autoencoder,
+image LDM, video prediction model, interpolation, temporal decoder, upsampler),
+each in `<workdir>/<stage>` and started from the previous one with `init_from`,
 then samples `<workdir>/video.mp4` (+ GIF and a contact sheet of frames).
 Re-running resumes: finished stages are skipped (`videoldm.train.chain`).
 On a CPU the host is split into one JAX device per core (`videoldm.host_devices`)
@@ -19,32 +19,38 @@ from absl import flags
 from absl import logging
 
 from videoldm import host_devices
+from videoldm import logs
 from videoldm.pipelines import generate
 from videoldm.pipelines import video_ldm
 from videoldm.train import chain
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/videoldm_quickstart', 'Where to put the run.')
 _CONFIG = flags.DEFINE_string('config_file', None, 'Config script (default: the bundled '
-                              'configs/moving_digits.py).')
-_ARG = flags.DEFINE_string('config_arg', 'quickstart', 'Config argument added to stage=<name>.')
+                              'configs/moving_digits_quickstart.py).')
+_ARG = flags.DEFINE_string('config_arg', '', 'Config argument added to stage=<name> '
+                           "('runlocal': a CPU minute per stage).")
 _NUM_FRAMES = flags.DEFINE_integer('num_frames', 61, 'Frames of the generated video.')
 _LABELS = flags.DEFINE_list('labels', ['3', '7'], 'Digits to generate, one video each.')
 _UPSAMPLE = flags.DEFINE_bool('upsample', True, 'Apply the x4 video upsampler.')
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   devices = host_devices.use_one_device_per_core()  # Before JAX's first computation.
+  logs.quiet_libraries()
   logging.info('CPU split into %d JAX devices (one per core) where JAX runs on the CPU.', devices)
   workdir = _WORKDIR.value
-  config_file = _CONFIG.value or chain.default_config_file()
+  config_file = _CONFIG.value or chain.quickstart_config_file()
   start = time.time()
   chain.train_all(workdir, config_file, _ARG.value)
   settings = video_ldm.Settings(num_frames=_NUM_FRAMES.value,
                                 labels=tuple(int(label) for label in _LABELS.value),
                                 upsample=_UPSAMPLE.value)
   out = os.path.join(workdir, 'video.mp4')
-  count = generate.generate(workdir, settings, out, fps=8.0, gif=True)
+  if os.path.exists(out):
+    logging.info('Replacing this run\'s earlier %s.', out)
+  count = generate.generate(workdir, settings, out, fps=8.0, gif=True, overwrite=True)
   logging.info('Quickstart done in %.0f s: %d frames in %s (and .gif, _frames.png).',
                time.time() - start, count, out)
 

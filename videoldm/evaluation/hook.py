@@ -24,7 +24,7 @@ class MetricsHook:
   def __init__(self, config, workdir: str):
     self.spec = digits.spec_from_data_config(config.data)
     self.cache_dir = os.path.join(workdir, 'feature_nets')
-    self.seed = int(config.get('seed') or 0)
+    self.seed = int(config.seed)
     self._nets = None
 
   @property

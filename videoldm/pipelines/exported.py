@@ -56,7 +56,7 @@ def load_exported_stage(folder: str, name: str) -> video_ldm.Model:
     raise ValueError(f'Export {folder!r} has no stage {name!r}; it has '
                      f'{sorted(manifest["stages"])}.')
   with open(os.path.join(folder, f'{name}.json'), encoding='utf-8') as file:
-    config = ml_collections.ConfigDict(json.load(file))
+    config = checkpoints.upgrade_config(json.load(file))
   tokenizer = os.path.join(folder, 'tokenizer')
   if 'model' in config and 'tokenizer_path' in config.model and os.path.isdir(tokenizer):
     config.model.tokenizer_path = tokenizer

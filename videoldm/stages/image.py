@@ -47,7 +47,7 @@ class ImageStage(latents.LatentStage):
     if not self.config.model.calibrate_latent_scale:
       return params
     return latents.calibrate_latents(self.autoencoder, params, batch['video'],
-                                    centre=self.config.model.get('centre_latents', False))
+                                    centre=self.config.model.centre_latents)
 
   def loss_fn(self, params, batch, rng, step):
     del step

@@ -66,7 +66,7 @@ class TextVideoStage(video_stage.VideoStage):
   def encode_text(self, params, ids: jax.Array) -> jax.Array:
     """Token ids `(b, n)` -> frozen CLIP context `(b, n, d)`."""
     out = self.text_encoder.apply({'params': params['text_encoder']}, ids,
-                                  output=self.config.model.get('text_output', 'last'))
+                                  output=self.config.model.text_output)
     return jax.lax.stop_gradient(out.context.astype(jnp.float32))
 
   # -------------------------------------------------------------- frames
@@ -88,7 +88,7 @@ class TextVideoStage(video_stage.VideoStage):
 
   def decode(self, params, z: jax.Array) -> jax.Array:
     """Latents `(b, f, h, w, c)` -> frames, `model.decode_chunk` frames per decoder call."""
-    chunk = self.config.model.get('decode_chunk', 0)
+    chunk = self.config.model.decode_chunk
     frames = einops.rearrange(z, 'b f h w c -> (b f) 1 h w c')  # ((b f), 1, h, w, c)
     n = frames.shape[0]
     if not chunk or chunk >= n:

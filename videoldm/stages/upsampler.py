@@ -97,12 +97,12 @@ class UpsamplerStage(base.Stage):
   @property
   def target_scale(self) -> float:
     """The factor on what the diffusion model generates: `residual_scale` or 1."""
-    return float(self.options.get('residual_scale', 1.0)) if self.options.get('residual') else 1.0
+    return float(self.options.residual_scale) if self.options.residual else 1.0
 
   def base(self, low: jax.Array) -> jax.Array:
     """What the diffusion model adds to: `low` resized x`scale` (`residual`), else zeros."""
     scale = self.options.scale
-    if not self.options.get('residual', False):
+    if not self.options.residual:
       return jnp.zeros(low.shape[:2] + (low.shape[2] * scale, low.shape[3] * scale, low.shape[4]),
                        low.dtype)
     return resize_to(low, low.shape[2] * scale, low.shape[3] * scale)

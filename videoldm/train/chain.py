@@ -16,10 +16,20 @@ from videoldm import stages as stages_lib
 from videoldm.train import trainer
 
 
-def default_config_file() -> str:
-  """The bundled `configs/moving_digits.py`."""
+def _bundled_config(name: str) -> str:
+  """The path of the bundled `configs/<name>.py`."""
   here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return os.path.join(here, 'configs', 'moving_digits.py')
+  return os.path.join(here, 'configs', f'{name}.py')
+
+
+def default_config_file() -> str:
+  """The bundled `configs/moving_digits.py`: the paper's stages at toy size."""
+  return _bundled_config('moving_digits')
+
+
+def quickstart_config_file() -> str:
+  """The bundled `configs/moving_digits_quickstart.py`: the README's quickstart run."""
+  return _bundled_config('moving_digits_quickstart')
 
 
 def stage_config(config_file: str, stage: str, arg: str, workdir: str):

@@ -27,10 +27,10 @@ ITEMS = ('state', 'data', 'config')
 
 
 def make_manager(workdir: str, checkpoint_config) -> ocp.CheckpointManager:
-  """A CheckpointManager keeping the latest `checkpoint_config.keep` steps."""
+  """A CheckpointManager keeping the latest `checkpoint_config.keep` steps (0: all)."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=int(checkpoint_config.keep) if checkpoint_config.get('keep') else None,
-      enable_async_checkpointing=bool(checkpoint_config.get('async_save', True)),
+      max_to_keep=int(checkpoint_config.keep) if checkpoint_config.keep else None,
+      enable_async_checkpointing=bool(checkpoint_config.async_save),
       create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(checkpoints.checkpoint_dir(workdir), options=options, item_names=ITEMS)
 
@@ -145,7 +145,7 @@ def merge_init_params(target: Any, source: dict[str, np.ndarray], exempt=(),
 
 
 def init_from_enabled(init_config) -> bool:
-  return init_config is not None and bool(init_config.get('workdir') or init_config.get('path'))
+  return init_config is not None and bool(init_config.workdir or init_config.path)
 
 
 def load_init_params(init_config, target: Any,
@@ -157,8 +157,8 @@ def load_init_params(init_config, target: Any,
   keep their init (a flat dict), so only those are ever initialised.
   """
   description, source = checkpoints.read_source_params(init_config)
-  params, kept_init = merge_init_params(target, source, init_config.get('exempt') or (),
-                                        description, init_config.get('ignore') or ())
+  params, kept_init = merge_init_params(target, source, init_config.exempt, description,
+                                        init_config.ignore)
   if init_kept is not None:
     params = flax.traverse_util.unflatten_dict({**checkpoints.flat_params(params), **init_kept(kept_init)},
                                                sep='/')

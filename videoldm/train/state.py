@@ -72,9 +72,9 @@ def merge(*trees: dict) -> dict:
 
 
 def learning_rate_schedule(optimizer_config, total_steps: int) -> optax.Schedule:
-  """Linear warmup to `lr`, then cosine decay to 0 over `decay_steps` (default: the rest)."""
+  """Linear warmup to `lr`, then cosine decay to 0; both last `decay_steps` (0: total_steps)."""
   warmup = int(optimizer_config.warmup_steps)
-  decay_steps = optimizer_config.get('decay_steps') or total_steps
+  decay_steps = optimizer_config.decay_steps or total_steps
   if decay_steps <= warmup:
     raise ValueError(f'Optimizer decay_steps={decay_steps} must exceed '
                      f'warmup_steps={warmup}.')
@@ -84,10 +84,10 @@ def learning_rate_schedule(optimizer_config, total_steps: int) -> optax.Schedule
 
 
 def make_optimizer(optimizer_config, total_steps: int, labels: Any) -> optax.GradientTransformation:
-  """Clip by global norm + AdamW on trainable labels, `set_to_zero` on frozen ones."""
+  """Clip by global norm (`grad_clip`; 0: off) + AdamW on trainable labels, zero on frozen."""
   schedule = learning_rate_schedule(optimizer_config, total_steps)
   chain = []
-  if optimizer_config.get('grad_clip'):
+  if optimizer_config.grad_clip:
     chain.append(optax.clip_by_global_norm(float(optimizer_config.grad_clip)))
   chain.append(optax.adamw(schedule, b1=float(optimizer_config.b1), b2=float(optimizer_config.b2),
                            weight_decay=float(optimizer_config.weight_decay)))

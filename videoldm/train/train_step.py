@@ -39,7 +39,7 @@ def make_train_step(stage: stages.Stage, config: ml_collections.ConfigDict, labe
   the previous params, optimiser state and EMA and only bumps the counters.
   """
   schedule = state_lib.learning_rate_schedule(config.optimizer, config.total_steps)
-  ema_decay = config.get('ema_decay')
+  ema_decay = config.ema_decay
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     batch = stage.preprocess(batch)
@@ -134,9 +134,9 @@ def plan_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
   Returns `(abstract_state, state_sharding, labels, tx)`; `abstract_state` is
   a tree of ShapeDtypeStructs carrying the shardings (for restoring or lowering).
   """
-  rules = config.get('sharding', {}).get('rules') or []
+  rules = config.sharding.rules
   param_shapes = jax.eval_shape(_init_fn(stage), init_key, batch)
-  labels = state_lib.trainable_labels(param_shapes, config.get('trainable'))
+  labels = state_lib.trainable_labels(param_shapes, config.trainable)
   tx = state_lib.make_optimizer(config.optimizer, config.total_steps, labels)
   state_shapes = jax.eval_shape(_make_state_fn(config, labels, tx), param_shapes)
   state_sharding = sharding_lib.tree_shardings_like_params(state_shapes, param_shapes, rules, mesh)
@@ -149,7 +149,7 @@ def plan_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
 def _make_state_fn(config: ml_collections.ConfigDict, labels: Any,
                    tx: optax.GradientTransformation):
   return functools.partial(state_lib.init_state, labels=labels, tx=tx,
-                           ema_decay=config.get('ema_decay'))
+                           ema_decay=config.ema_decay)
 
 
 def compile_in_background(jitted, *args) -> concurrent.futures.Future:
@@ -187,7 +187,7 @@ def create_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
       return restored, state_sharding, labels, tx
 
   param_sharding = state_sharding.params
-  init_config = config.get('init_from')
+  init_config = config.init_from
   if checkpointing.init_from_enabled(init_config):
     init_kept = functools.partial(init_params_at, stage, param_sharding, init_key, batch)
     host_params = checkpointing.load_init_params(init_config, abstract_state.params, init_kept)

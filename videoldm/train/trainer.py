@@ -1,27 +1,29 @@
 """The one training loop every stage uses: `train_and_evaluate(config, workdir)`.
 
-Config fields read here (configs/ set them; optional ones have the default shown):
+Config fields read here (every config in configs/ declares each one; none has a default):
 
   seed                      int; all keys derive from it (per step: fold_in(key, step)).
   stage                     name in the `videoldm.stages.STAGES` table.
   total_steps               int; number of train steps (batches consumed).
   batch_size                int; global batch, divisible by the device count.
   optimizer                 lr, warmup_steps, decay_steps (length of the whole warmup +
-                            cosine schedule; None: total_steps), b1, b2, weight_decay,
-                            grad_clip (global norm; 0/None: off). AdamW.
-  ema_decay = None          EMA decay of the trainable params; None disables EMA.
-  trainable = None          regex over '/'-joined param paths; None or '.*' = all.
-  init_from = None          ConfigDict(workdir= or path=, exempt=[regex...], ignore=[regex...], use_ema=bool).
-  mesh                      data = -1, fsdp = 1 (-1: remaining devices).
-  sharding.rules = []       [(logical_name, 'data'|'fsdp'|None), ...], e.g. [('mlp', 'fsdp')].
-  checkpoint                every_steps (None: only at the end), keep = 3, async_save = True.
-  log_every = 50            steps between metric writes.
-  eval_every = 0            steps between eval-loss runs on the test split (0: never).
-  eval_steps = 1            batches per eval.
-  sample_every = 0          steps between sample GIFs from `stage.sample` (0: never).
-  metrics_every = 0         steps between digit metrics of `stage.sample` (evaluation/hook.py).
-  max_consecutive_nonfinite = 10   non-finite losses in a row that stop the run.
-  multiprocess = False      call `jax.distributed.initialize()` first.
+                            cosine schedule; 0: total_steps), b1, b2, weight_decay,
+                            grad_clip (global norm; 0: off). AdamW.
+  ema_decay                 EMA decay of the trainable params (float; None disables EMA).
+  trainable                 regex over '/'-joined param paths; '.*' (or None) = all.
+  init_from                 workdir or path ('' both: off), exempt and ignore (tuples of
+                            regexes), use_ema (bool); or None: off.
+  mesh                      data, fsdp: device counts per axis (-1: the remaining devices).
+  sharding.rules            ((logical_name, 'data'|'fsdp'|None), ...), e.g. (('mlp', 'fsdp'),).
+  checkpoint                every_steps (0: only at the end), keep (0: all), async_save.
+  log_every                 steps between metric writes.
+  eval_every                steps between eval-loss runs on the test split (0: never).
+  eval_steps                batches per eval.
+  sample_every              steps between sample GIFs from `stage.sample` (0: never).
+  metrics_every             steps between digit metrics of `stage.sample` (evaluation/hook.py;
+                            0: never).
+  max_consecutive_nonfinite   non-finite losses in a row that stop the run.
+  multiprocess              call `jax.distributed.initialize()` first.
   data                      the data ConfigDict (passed to `make_dataset`).
   model                     stage-specific.
 
@@ -67,7 +69,7 @@ DatasetFn = Callable[..., Any]
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """`videoldm.distributed.initialize()` when `config.multiprocess`; a failure stops the run."""
-  if config.get('multiprocess'):
+  if config.multiprocess:
     distributed.initialize()
 
 
@@ -131,12 +133,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   check_batch_size(config.batch_size, jax.device_count())
   stage = stages.get_stage(config.stage)(config)
   writer = writers.create_writer(workdir)
-  log_every = config.get('log_every') or 50
-  eval_every, sample_every = config.get('eval_every') or 0, config.get('sample_every') or 0
-  metrics_every = config.get('metrics_every') or 0
-  checkpoint_config = config.get('checkpoint') or ml_collections.ConfigDict()
-  save_every = checkpoint_config.get('every_steps') or config.total_steps
-  max_nonfinite = config.get('max_consecutive_nonfinite') or 10
+  log_every = config.log_every
+  eval_every, sample_every, metrics_every = (config.eval_every, config.sample_every,
+                                             config.metrics_every)
+  save_every = config.checkpoint.every_steps or config.total_steps  # 0: only at the end.
+  max_nonfinite = config.max_consecutive_nonfinite
 
   # --------------------------------------------------------------------- mesh
   mesh = sharding_lib.make_mesh(config.mesh)
@@ -157,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # ----------------------------------------------------------- init / restore
   root_key = jax.random.key(config.seed)
   init_key, train_key, eval_key, sample_key = (jax.random.fold_in(root_key, i) for i in range(4))
-  manager = checkpointing.make_manager(workdir, checkpoint_config)
+  manager = checkpointing.make_manager(workdir, config.checkpoint)
 
   def restore(abstract_state):
     found = checkpointing.restore_latest(manager, abstract_state)
@@ -190,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def run_eval(step: int) -> None:
     eval_iter.set_state(eval_start)
     params, totals = train_step_lib.eval_params(state, labels), {}
-    for i in range(config.get('eval_steps') or 1):
+    for i in range(config.eval_steps):
       batch = pipeline.global_batch_to_device(next(eval_iter), batch_sharding)
       loss, metrics = eval_loss(params, batch, jax.random.fold_in(eval_key, i), jnp.int32(step))
       for name, value in {**jax.device_get(metrics), 'loss': jax.device_get(loss)}.items():
