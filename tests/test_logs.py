@@ -17,11 +17,13 @@ def test_library_info_is_dropped_and_warnings_and_own_lines_kept():
   orbax = os.path.join(site, 'orbax', 'checkpoint', '_src', 'checkpoint_manager.py')
   tfds = os.path.join(site, 'tensorflow_datasets', 'core', 'dataset_builder.py')
   own = os.path.join(os.sep, 'work', 'videoldm', 'train', 'trainer.py')
+  clu = os.path.join(site, 'clu', 'metric_writers', 'logging_writer.py')  # Training lines.
   keep = logs.LibraryInfoFilter().filter
   assert not keep(_record(orbax, std_logging.INFO))
   assert not keep(_record(tfds, std_logging.DEBUG))
   assert keep(_record(orbax, std_logging.WARNING))
   assert keep(_record(own, std_logging.INFO))
+  assert keep(_record(clu, std_logging.INFO))
 
 
 def test_quiet_libraries_installs_once_and_show_removes_it():

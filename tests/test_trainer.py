@@ -302,6 +302,28 @@ def test_truncated_latest_checkpoint_falls_back_to_previous(straight_run, tmp_pa
   manager.close()
   assert step == 4 and int(restored.step) == 4 and data_state == {'position': 4}
   assert any('step 6' in record.getMessage() for record in caplog.records)
+  assert os.path.isdir(os.path.join(checkpoint_root, '6.corrupt'))  # Moved aside.
+
+
+def test_corrupt_latest_checkpoint_is_moved_aside_and_the_run_finishes_in_a_new_process(
+    straight_run, tmp_path):
+  config, straight_dir, straight_state = straight_run
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(straight_dir, workdir)
+  root = checkpoints.checkpoint_dir(workdir)
+  for path in glob.glob(os.path.join(root, '6', 'state', 'd', '*')):
+    with open(path, 'r+b') as file:
+      file.truncate(os.path.getsize(path) // 2)
+  (tmp_path / 'config.json').write_text(config.to_json())
+  output = run_driver(['main', str(tmp_path / 'config.json'), workdir])  # Resumes at 4, saves 6.
+  assert "moved to" in output and "6.corrupt" in output, output[-4000:]
+  assert sorted(os.listdir(root)) == ['4', '6', '6.corrupt']
+  state = trainer.train_and_evaluate(config, workdir, dataset_fn=FakeVideos)  # Restores 6.
+  assert int(state.step) == 6
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+               jax.device_get(straight_state.params))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema_params),
+               jax.device_get(straight_state.ema_params))
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path):

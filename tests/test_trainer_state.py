@@ -281,3 +281,11 @@ def test_init_from_files_and_strict_name_check(tmp_path):
                                     'src')
   with pytest.raises(ValueError, match=r"'conv/kernel' has shape \(3, 2\) in init_from"):
     checkpointing.merge_init_params(target, {'conv/kernel': np.ones((3, 2))}, ['temporal'])
+
+
+def test_the_init_summary_is_one_line_of_counts_per_exempt_pattern():
+  kept = [f'unet/down_{i}/temporal_attn/kernel' for i in range(200)] + ['discriminator/conv']
+  line = checkpointing.init_summary('/run/image/checkpoints/4', kept,
+                                    ['(temporal|time_mixer)', '^discriminator/'])
+  assert line == ("Initialised params from /run/image/checkpoints/4; 201 exempt params keep "
+                  "their init (200 match '(temporal|time_mixer)', 1 match '^discriminator/').")

@@ -12,8 +12,9 @@ import os
 from absl import flags
 from absl import logging
 
-LIBRARIES = ('orbax', 'tensorflow', 'tensorflow_datasets', 'grain', 'jax', 'jaxlib', 'clu',
-             'etils', 'array_record')
+# Not clu: its writers and progress reports log the training lines themselves.
+LIBRARIES = ('orbax', 'tensorflow', 'tensorflow_datasets', 'grain', 'jax', 'jaxlib', 'etils',
+             'array_record')
 
 _LIBRARY_LOGS = flags.DEFINE_bool('library_logs', False,
                                   "Show the INFO lines of orbax, TensorFlow, tfds, grain and JAX.")

@@ -10,6 +10,7 @@ step first and falls back to older ones when a step is unreadable.
 
 import base64
 import json
+import os
 import re
 from typing import Any, Callable
 
@@ -86,20 +87,48 @@ def restore_latest(manager: ocp.CheckpointManager,
   """(step, state, data_state) from the newest readable step, or None if there is none.
 
   `abstract_state` is a tree of ShapeDtypeStructs carrying the target shardings.
-  An unreadable step is reported with a warning and the next older one is tried.
+  An unreadable step is moved aside to `<step>.corrupt` (one warning names it and
+  the reason) and the next older one is tried, so the run can save that step
+  again. Every process restores the same step: the one process 0 found.
   """
   manager.reload()
+  corrupt, found = [], None
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     except Exception as error:  # Any unreadable file makes this step unusable.
-      logging.warning('Checkpoint at step %d in %s is corrupt or incomplete (%s: %s); '
-                      'falling back to the previous one.', step, manager.directory,
-                      type(error).__name__, str(error).splitlines()[0][:200] if str(error) else '')
+      reason = str(error).splitlines()[0][:200] if str(error) else ''
+      corrupt.append((step, f'{type(error).__name__}: {reason}'))
       continue
-    return step, restored.state, own_data_state(restored.data, step)
-  return None
+    found = step, restored.state, own_data_state(restored.data, step)
+    break
+  agreed = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if found is None else found[0])))
+  if agreed != (-1 if found is None else found[0]):
+    raise RuntimeError(f'Process {jax.process_index()} restored step '
+                       f'{None if found is None else found[0]} but process 0 restored '
+                       f'{None if agreed < 0 else agreed}; the checkpoint folder '
+                       f'{manager.directory} differs between processes.')
+  for step, reason in corrupt:
+    if jax.process_index() == 0:
+      moved = move_aside(os.path.join(str(manager.directory), str(step)))
+      logging.warning('Checkpoint step %d in %s is unreadable (%s); moved to %s and resuming '
+                      'from %s.', step, manager.directory, reason, moved,
+                      'scratch' if found is None else f'step {found[0]}')
+  if corrupt:
+    multihost_utils.sync_global_devices('videoldm_checkpoint_moved_aside')
+    manager.reload()
+  return found
+
+
+def move_aside(step_dir: str) -> str:
+  """Renames an unreadable step dir to `<step>.corrupt` (`.corrupt-1`, ... if taken)."""
+  target, suffix = step_dir + '.corrupt', 0
+  while os.path.exists(target):
+    suffix += 1
+    target = f'{step_dir}.corrupt-{suffix}'
+  os.rename(step_dir, target)
+  return target
 
 
 # ----------------------------------------------------------------------------
@@ -160,8 +189,16 @@ def load_init_params(init_config, target: Any,
   params, kept_init = merge_init_params(target, source, init_config.exempt, description,
                                         init_config.ignore)
   if init_kept is not None:
-    params = flax.traverse_util.unflatten_dict({**checkpoints.flat_params(params), **init_kept(kept_init)},
-                                               sep='/')
-  logging.info('Initialised params from %s; %d exempt params keep their init: %s',
-               description, len(kept_init), kept_init)
+    params = flax.traverse_util.unflatten_dict(
+        {**checkpoints.flat_params(params), **init_kept(kept_init)}, sep='/')
+  logging.info(init_summary(description, kept_init, init_config.exempt))
   return params
+
+
+def init_summary(description: str, kept_init: list[str], exempt) -> str:
+  """One log line: the source, and how many params keep their init under which patterns."""
+  counts = {pattern: sum(1 for path in kept_init if re.search(pattern, path))
+            for pattern in exempt}
+  by_pattern = ', '.join(f'{count} match {pattern!r}' for pattern, count in counts.items())
+  return (f'Initialised params from {description}; {len(kept_init)} exempt params keep their '
+          f'init' + (f' ({by_pattern}).' if by_pattern else '.'))
