@@ -76,3 +76,19 @@ def test_export_into_its_own_run_or_checkpoints_is_refused(tmp_path):
   with pytest.raises(ValueError, match="is or contains the exported run"):  # Never removed.
     export.export(str(run / 'video'), 'safetensors', str(run), overwrite=True)
   assert (run / 'video' / 'checkpoints' / '2' / 'state').is_dir()
+
+
+def test_workdir_must_be_writable_and_have_room(tmp_path):
+  outputs.check_workdir(str(tmp_path / 'new' / 'run'))
+  assert (tmp_path / 'new' / 'run').is_dir() and not os.listdir(tmp_path / 'new' / 'run')
+  (tmp_path / 'read_only').mkdir(mode=0o500)
+  if os.access(tmp_path / 'read_only', os.W_OK):  # root ignores the mode bits.
+    (tmp_path / 'file').write_text('x')
+    unwritable = str(tmp_path / 'file' / 'run')  # A path under a regular file.
+  else:
+    unwritable = str(tmp_path / 'read_only' / 'run')
+  with pytest.raises(PermissionError, match=f'Workdir {unwritable!r} is not writable'):
+    outputs.check_workdir(unwritable)
+  with pytest.raises(OSError, match=f"Workdir {str(tmp_path)!r} has [0-9]+ MiB free; at least"):
+    outputs.check_workdir(str(tmp_path), min_free_bytes=2**62)
+  outputs.check_workdir('gs://bucket/run')  # Remote: left to orbax.

@@ -359,6 +359,13 @@ def test_unknown_stage_lists_known_ones():
     stages.get_stage('nope')
 
 
+def test_an_unwritable_workdir_fails_before_any_work(tmp_path):
+  (tmp_path / 'file').write_text('x')
+  workdir = str(tmp_path / 'file' / 'run')  # Under a regular file: cannot be created.
+  with pytest.raises(PermissionError, match=f'Workdir {workdir!r} is not writable'):
+    trainer.train_and_evaluate(toy_config(), workdir, dataset_fn=FakeVideos)
+
+
 def test_batch_size_not_divisible_by_devices_names_both():
   with pytest.raises(ValueError, match='batch_size=6 is not divisible by the device count 4'):
     trainer.check_batch_size(6, 4)

@@ -1,4 +1,5 @@
-"""Where the entry points write: never over an existing output unless asked, never into checkpoints.
+"""Where the entry points write: never over an existing output unless asked, never into checkpoints;
+workdirs that are writable and have room.
 
 `check_output(path, overwrite)` runs before any work: an existing file, or a
 non-empty folder, at `path` is refused unless `overwrite`; a path inside a
@@ -47,3 +48,25 @@ def replace_folder(path: str, overwrite: bool = False) -> None:
   if os.path.isdir(path) and _listdir(path):
     shutil.rmtree(path)
   os.makedirs(path, exist_ok=True)
+
+
+MIN_FREE_BYTES = 100 * 2**20  # Below this a checkpoint write would fail midway.
+
+
+def check_workdir(workdir: str, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+  """Raises unless the local `workdir` can be created, written and has room; remote ones pass."""
+  if '://' in workdir:  # gs:// and the like: orbax and TensorFlow check those themselves.
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_probe_{os.getpid()}')
+    with open(probe, 'w', encoding='utf-8') as file:
+      file.write('ok')
+    os.remove(probe)
+  except OSError as error:
+    raise PermissionError(f'Workdir {workdir!r} is not writable ({error.strerror}); choose '
+                          'another --workdir.') from None
+  free = shutil.disk_usage(workdir).free
+  if free < min_free_bytes:
+    raise OSError(f'Workdir {workdir!r} has {free / 2**20:.0f} MiB free; at least '
+                  f'{min_free_bytes / 2**20:.0f} MiB are needed for checkpoints.')

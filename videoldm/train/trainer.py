@@ -49,6 +49,7 @@ import numpy as np
 
 from videoldm import checkpoints
 from videoldm import distributed
+from videoldm import outputs
 from videoldm import stages
 from videoldm.data import pipeline
 from videoldm.evaluation import hook
@@ -128,6 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `dataset_fn` defaults to `videoldm.data.pipeline.make_dataset` (same signature).
   Returns the final train state.
   """
+  outputs.check_workdir(workdir)  # Before any slow work: a bad path fails in one line.
   maybe_initialize_distributed(config)
   dataset_fn = dataset_fn or pipeline.make_dataset
   check_batch_size(config.batch_size, jax.device_count())
