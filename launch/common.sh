@@ -7,6 +7,7 @@
 # and then has:
 #   LAUNCHER        its file name, which starts every message it prints
 #   PYTHON          the Python that runs videoldm.main (default: python3)
+#   EXIT_STOPPED    videoldm.main's exit status when a signal stopped it (resumable)
 #   die MESSAGE     prints "LAUNCHER: MESSAGE" to stderr and exits with status 2
 #   unknown_option OPTION [HINT]      die for an unknown launcher option
 #   require_positive_integers VALUE...  die unless each VALUE is 1, 2, 3, ...
@@ -17,6 +18,7 @@
 
 LAUNCHER="$(basename "${BASH_SOURCE[1]:-$0}")"
 PYTHON="${PYTHON:-python3}"
+EXIT_STOPPED=75  # videoldm.main's exit status after a signal stop (videoldm/train/signals.py).
 
 die() {
   echo "$LAUNCHER: $1" >&2

@@ -13,17 +13,24 @@
 #   --cpus_per_task=C    CPU cores per process (default 8)
 #   --port=P             coordinator port (default 12355)
 #   --job_name=NAME      (default videoldm)
+#   --warn_seconds=S     SLURM sends SIGTERM this long before the time limit (default 180)
+#   --max_requeues=N     requeue a stopped job at most N times (default 20; 0: never)
 #   --dry-run            print the batch script (to stdout), submit nothing
 # Everything after `--` goes to `python -m videoldm.main` unchanged, plus
 # --config.multiprocess=True. The workdir must be on a filesystem every node
 # sees (orbax writes each process's share of the checkpoint there).
+# Time limits and preemption: SLURM's early SIGTERM (--signal) makes every
+# process save a checkpoint at its next step and exit with 75 ("stopped,
+# resumable"); the job then requeues itself (`scontrol requeue`) and the new
+# allocation resumes from that checkpoint. Any other exit status ends the job.
+# The output file is appended to across requeues.
 # Environment: PYTHON (default: python3 on the nodes, e.g. a venv's python).
 # Per-process output is labelled by `srun --label` with the process index.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 nodes=1; gpus_per_node=8; per=gpu; partition=""; time_limit="24:00:00"; port=12355
-job_name=videoldm; cpus_per_task=8; dry_run=0
+job_name=videoldm; cpus_per_task=8; warn_seconds=180; max_requeues=20; dry_run=0
 while (( $# )); do
   case "$1" in
     --nodes=*) nodes="${1#*=}" ;;
@@ -34,13 +41,18 @@ while (( $# )); do
     --port=*) port="${1#*=}" ;;
     --cpus_per_task=*) cpus_per_task="${1#*=}" ;;
     --job_name=*) job_name="${1#*=}" ;;
+    --warn_seconds=*) warn_seconds="${1#*=}" ;;
+    --max_requeues=*) max_requeues="${1#*=}" ;;
     --dry-run) dry_run=1 ;;
     --) shift; break ;;
     *) unknown_option "$1" ;;
   esac
   shift
 done
-require_positive_integers "$nodes" "$gpus_per_node" "$port" "$cpus_per_task"
+require_positive_integers "$nodes" "$gpus_per_node" "$port" "$cpus_per_task" "$warn_seconds"
+if ! [[ "$max_requeues" =~ ^[0-9]+$ ]]; then
+  die "--max_requeues=$max_requeues is not a whole number; expected 0, 1, 2, ..."
+fi
 case "$per" in
   gpu) tasks_per_node="$gpus_per_node" ;;  # Every task sees all GPUs and picks its own.
   node) tasks_per_node=1 ;;
@@ -68,10 +80,20 @@ batch_script="#!/usr/bin/env bash
 #SBATCH --cpus-per-task=$cpus_per_task
 #SBATCH --time=$time_limit
 #SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
+#SBATCH --signal=TERM@$warn_seconds
+#SBATCH --requeue
 ${partition:+#SBATCH --partition=$partition
 }set -euo pipefail
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-srun --label bash -c $(printf '%q' "$task_script")
+status=0
+srun --label bash -c $(printf '%q' "$task_script") || status=\$?
+restarts=\${SLURM_RESTART_COUNT:-0}
+if (( status == $EXIT_STOPPED && restarts < $max_requeues )); then
+  echo \"$LAUNCHER: the run stopped resumably (exit $EXIT_STOPPED); requeueing job \$SLURM_JOB_ID (restart \$((restarts + 1)) of $max_requeues).\" >&2
+  scontrol requeue \"\$SLURM_JOB_ID\"
+fi
+exit \"\$status\"
 "
 
 if (( dry_run )); then

@@ -65,7 +65,7 @@ stop_all() {  # SIGTERM (the trainer saves at its next step), SIGKILL after 30 s
   done
   for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
 }
-trap 'stop_all; exit 130' INT TERM
+trap 'stop_all; exit "$EXIT_STOPPED"' INT TERM  # The processes saved: resumable.
 for (( i = 0; i < num_processes; i++ )); do
   environment "$i"
   ( env "${env_vars[@]}" "${command[@]}" 2>&1 \

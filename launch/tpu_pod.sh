@@ -19,6 +19,13 @@
 # all workers share): orbax writes each worker's share of the checkpoint there.
 # Each worker's output is prefixed with `[worker <hostname>]` and kept in
 # ~/videoldm-train.log on that worker; log lines also show JAX's process index.
+# Preemption (spot and preemptible slices): the workers get SIGTERM about 30 s
+# before shutdown; each saves a checkpoint at its next step boundary if the
+# step and the save fit in that time (otherwise the previous checkpoint stays
+# the latest, so keep checkpoint.every_steps modest) and the run exits with 75.
+# A preempted slice must be deleted (`gcloud compute tpus tpu-vm delete NAME
+# --zone=ZONE`); this launcher says so, and running the same command afterwards
+# recreates the slice, sets it up and resumes from the workdir's latest checkpoint.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -59,12 +66,19 @@ run() {  # Prints the command under --dry-run, runs it otherwise.
 if (( dry_run )); then
   echo "# Create the slice only if 'gcloud compute tpus tpu-vm describe' does not find it:"
   run "${gcloud_tpu[@]}" create "$tpu" "${where[@]}" --accelerator-type="$accelerator_type" --version="$version"
-elif ! "${gcloud_tpu[@]}" describe "$tpu" "${where[@]}" > /dev/null 2>&1; then
+elif ! state="$("${gcloud_tpu[@]}" describe "$tpu" "${where[@]}" --format='value(state)' 2>/dev/null)"; then
   run "${gcloud_tpu[@]}" create "$tpu" "${where[@]}" --accelerator-type="$accelerator_type" --version="$version"
+elif [[ "$state" == PREEMPTED ]]; then
+  die "TPU '$tpu' was preempted; delete it (${gcloud_tpu[*]} delete $tpu ${where[*]}) and run this command again to resume."
 fi
 if (( setup )); then
   run tar -czf "$archive" -C "$repo_root" --exclude=.git --exclude=.venv --exclude=workdirs .
   run "${gcloud_tpu[@]}" scp "$archive" "$tpu":videoldm-src.tar.gz "${where[@]}" --worker=all
   run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" --worker=all --command="$remote_setup"
 fi
-run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" --worker=all --command="$remote_train"
+status=0
+run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" --worker=all --command="$remote_train" || status=$?
+if (( status == EXIT_STOPPED )); then
+  echo "$LAUNCHER: the run stopped resumably (exit $EXIT_STOPPED, e.g. preempted); run this command again to resume." >&2
+fi
+exit "$status"

@@ -124,7 +124,9 @@ def fake_slurm(tmp_path):
   (bin_dir / 'srun').write_text(
       '#!/usr/bin/env bash\n[[ "$1" == --label ]] && shift\n'
       'SLURM_NTASKS=16 SLURM_PROCID=5 SLURM_LOCALID=5 exec "$@"\n')
-  (bin_dir / 'scontrol').write_text('#!/usr/bin/env bash\nprintf "node-a\\nnode-b\\n"\n')
+  (bin_dir / 'scontrol').write_text(  # `requeue JOB` is recorded in $RECORD_DIR/requeue.
+      '#!/usr/bin/env bash\nif [[ "$1" == requeue ]]; then echo "$@" > "$RECORD_DIR/requeue"\n'
+      'else printf "node-a\\nnode-b\\n"; fi\n')
   for tool in bin_dir.iterdir():
     tool.chmod(0o755)
   return bin_dir
@@ -159,6 +161,30 @@ def test_gpu_slurm_batch_script_runs_each_task_with_its_jax_environment(fake, tm
   assert seen['env'] == expected
 
 
+@pytest.mark.parametrize('exit_code, restarts, requeued', [
+    (75, '0', True), (75, '20', False), (1, '0', False)])
+def test_gpu_slurm_requeues_a_run_stopped_by_its_early_signal(fake, tmp_path, exit_code,
+                                                              restarts, requeued):
+  """SLURM's early SIGTERM stops the run with 75: requeued, up to --max_requeues times."""
+  env, records = fake
+  dry = launch('gpu_slurm.sh', '--warn_seconds=300', '--dry-run', '--', '--workdir=/w', env=env)
+  assert dry.returncode == 0, dry.stderr
+  for line in ('#SBATCH --signal=TERM@300', '#SBATCH --requeue', '#SBATCH --open-mode=append'):
+    assert line in dry.stdout.splitlines()
+  batch = tmp_path / 'job.sbatch'
+  batch.write_text(dry.stdout)
+  job = subprocess.run(
+      ['bash', str(batch)], capture_output=True, text=True, timeout=60, check=False,
+      env={**env, 'PATH': f'{fake_slurm(tmp_path)}:{env["PATH"]}', 'SLURM_JOB_ID': '4242',
+           'SLURM_JOB_NODELIST': 'node-[a-b]', 'SLURM_RESTART_COUNT': restarts,
+           'EXIT_5': str(exit_code)})
+  assert job.returncode == exit_code, job.stderr
+  assert (records / 'requeue').exists() == requeued, job.stderr
+  if requeued:
+    assert (records / 'requeue').read_text().split() == ['requeue', '4242']
+    assert 'requeueing job 4242 (restart 1 of 20)' in job.stderr
+
+
 def test_gpu_slurm_errors(fake):
   env, _ = fake
   missing = launch('gpu_slurm.sh', '--dry-run', '--', *PASSTHROUGH, env=env)
@@ -188,6 +214,36 @@ def test_tpu_pod_dry_run_creates_sets_up_and_runs_on_all_workers(fake):
   skip = launch('tpu_pod.sh', *pod, '--skip_setup', '--dry-run', '--', workdir, env=env)
   assert [line.split()[4] for line in skip.stdout.splitlines()
           if line.startswith('gcloud')] == ['create', 'ssh']
+
+
+def fake_gcloud(tmp_path, state: str, ssh_exit: int):
+  """A bin dir with `gcloud`: `describe` prints `state` (or fails if empty), `ssh` exits `ssh_exit`."""
+  bin_dir = tmp_path / 'gcloud_bin'
+  bin_dir.mkdir()
+  describe = f'echo {state}' if state else 'exit 1'
+  (bin_dir / 'gcloud').write_text(
+      '#!/usr/bin/env bash\necho "$@" >> "$RECORD_DIR/gcloud"\n'
+      f'case "$4" in describe) {describe} ;; ssh) exit {ssh_exit} ;; esac\n')
+  (bin_dir / 'gcloud').chmod(0o755)
+  return bin_dir
+
+
+@pytest.mark.parametrize('state, ssh_exit, returncode, message', [
+    ('READY', 75, 75, 'the run stopped resumably (exit 75, e.g. preempted); run this command '
+     'again to resume.'),
+    ('READY', 0, 0, ''),
+    ('PREEMPTED', 0, 2, "TPU 'pod' was preempted; delete it (gcloud compute tpus tpu-vm delete "
+     'pod --zone=z) and run this command again to resume.'),
+])
+def test_tpu_pod_reports_preemption(fake, tmp_path, state, ssh_exit, returncode, message):
+  env, records = fake
+  path = f'{fake_gcloud(tmp_path, state, ssh_exit)}:{env["PATH"]}'
+  result = launch('tpu_pod.sh', '--tpu=pod', '--zone=z', '--skip_setup', '--',
+                  '--workdir=gs://b/r', env={**env, 'PATH': path})
+  assert result.returncode == returncode, result.stderr
+  assert message in result.stderr
+  calls = [line.split()[3] for line in (records / 'gcloud').read_text().splitlines()]
+  assert calls == (['describe'] if state == 'PREEMPTED' else ['describe', 'ssh'])
 
 
 def test_tpu_pod_errors(fake):

@@ -23,8 +23,9 @@ import pytest
 
 from videoldm import config_utils
 from videoldm import checkpoints
-from videoldm.train import checkpointing
 from videoldm import stages
+from videoldm.train import checkpointing
+from videoldm.train import signals
 from videoldm.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,8 +87,9 @@ stages.register_stage(TOY_STAGE, ToyStage)
 class FakeVideos:
   """Deterministic stand-in for `videoldm.data.pipeline.make_dataset` (same interface).
 
-  With `data_config.sigterm_at = k` the train iterator, when asked for batch k,
-  writes `<marker_dir>/waiting` and blocks until `<marker_dir>/sent` exists.
+  With the environment variables TOY_SIGNAL_AT=k and TOY_MARKER_DIR=<dir> the
+  train iterator, when asked for batch k, writes `<dir>/waiting` and blocks
+  until `<dir>/sent` exists (the config stays that of an undisturbed run).
   """
 
   def __init__(self, data_config, split, global_batch_size, *, seed, process_index=0,
@@ -101,10 +103,11 @@ class FakeVideos:
     return self
 
   def __next__(self):
-    if self.split == 'train' and self.position == self.config.sigterm_at:
-      open(os.path.join(self.config.marker_dir, 'waiting'), 'w').close()
+    if self.split == 'train' and str(self.position) == os.environ.get('TOY_SIGNAL_AT'):
+      marker_dir = os.environ['TOY_MARKER_DIR']
+      open(os.path.join(marker_dir, 'waiting'), 'w').close()
       deadline = time.time() + 120
-      while not os.path.exists(os.path.join(self.config.marker_dir, 'sent')):
+      while not os.path.exists(os.path.join(marker_dir, 'sent')):
         if time.time() > deadline:
           raise TimeoutError('No SIGTERM arrived within 120 s.')
         time.sleep(0.01)
@@ -135,7 +138,7 @@ def toy_config(**overrides) -> ml_collections.ConfigDict:
       checkpoint=dict(every_steps=2, keep=2, async_save=True),
       log_every=1, eval_every=0, eval_steps=2, sample_every=0, metrics_every=0,
       max_consecutive_nonfinite=3, multiprocess=False,
-      data=dict(frames=4, size=8, sigterm_at=-1, marker_dir=''),
+      data=dict(frames=4, size=8),
       model=dict(channels=16, nan_steps=(), calibrate=False)))
   return config_utils.override(config, **overrides)
 
@@ -190,7 +193,8 @@ def persistent_compilation_cache(tmp_path_factory):
   compilation_cache.reset_cache()
 
 
-def run_driver(args: list[str], env_extra: dict | None = None, wait: bool = True):
+def run_driver(args: list[str], env_extra: dict | None = None, wait: bool = True,
+               expected_returncode: int = 0):
   """Runs this file as a subprocess driver (CPU, quiet TensorFlow, shared compile cache)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', **_CACHE_SETTINGS,
              **(env_extra or {}))
@@ -199,7 +203,7 @@ def run_driver(args: list[str], env_extra: dict | None = None, wait: bool = True
                              stderr=subprocess.STDOUT, text=True)
   if wait:
     output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-4000:]
+    assert process.returncode == expected_returncode, output[-4000:]
     return output
   return process
 
@@ -234,10 +238,9 @@ def test_sigterm_then_resume_in_new_process_is_bit_identical(straight_run, tmp_p
   config, straight_dir, straight_state = straight_run
   workdir, markers = str(tmp_path / 'resumed'), tmp_path / 'markers'
   markers.mkdir()
-  child_config = config_utils.override(
-      config, **{'data.sigterm_at': 2, 'data.marker_dir': str(markers)})
-  (tmp_path / 'config.json').write_text(child_config.to_json())
-  child = run_driver(['main', str(tmp_path / 'config.json'), workdir], wait=False)
+  (tmp_path / 'config.json').write_text(config.to_json())
+  child = run_driver(['main', str(tmp_path / 'config.json'), workdir], wait=False,
+                     env_extra={'TOY_SIGNAL_AT': '2', 'TOY_MARKER_DIR': str(markers)})
   deadline = time.time() + 240
   while not (markers / 'waiting').exists():
     assert child.poll() is None and time.time() < deadline, child.communicate()[0][-4000:]
@@ -245,7 +248,8 @@ def test_sigterm_then_resume_in_new_process_is_bit_identical(straight_run, tmp_p
   child.send_signal(15)  # SIGTERM while step 3 fetches its batch.
   (markers / 'sent').touch()
   output, _ = child.communicate(timeout=240)
-  assert child.returncode == 0, output[-4000:]
+  assert child.returncode == signals.EXIT_STOPPED, output[-4000:]  # Stopped, resumable.
+  assert 'Stopped by a signal at step 3 of 6' in output, output[-4000:]
   assert sorted(os.listdir(checkpoints.checkpoint_dir(workdir))) == ['2', '3']
 
   state = trainer.train_and_evaluate(config, workdir, dataset_fn=FakeVideos)

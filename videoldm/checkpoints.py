@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any
 
+from etils import epath
 import flax
 import jax
 import ml_collections
@@ -116,8 +117,8 @@ def upgrade_config(saved: dict) -> ml_collections.ConfigDict:
 
 def read_config(step_dir: str) -> ml_collections.ConfigDict:
   """The config saved with the checkpoint in `step_dir` (older ones upgraded)."""
-  path = os.path.join(step_dir, 'config', 'metadata')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Checkpoint {step_dir!r} has no config item ({path!r} is missing).')
-  with open(path) as file:
-    return upgrade_config(json.load(file))
+  path = epath.Path(step_dir) / 'config' / 'metadata'  # Local or gs://.
+  if not path.is_file():
+    raise FileNotFoundError(f'Checkpoint {step_dir!r} has no config item ({str(path)!r} is '
+                            'missing).')
+  return upgrade_config(json.loads(path.read_text()))

@@ -3,9 +3,11 @@
   python -m videoldm.main --config=configs/<file>.py:<args> --workdir=<dir>
 
 Runs `videoldm.train.trainer.train_and_evaluate`; restarting with the same
-workdir resumes from its latest checkpoint. Libraries' INFO lines (orbax,
-TensorFlow, tfds, grain, JAX) stay off the console unless `--library_logs`
-(TensorFlow's C++ ones: `TF_CPP_MIN_LOG_LEVEL=0`).
+workdir (and config) resumes from its latest checkpoint; `--fresh_start` moves
+a previous run aside instead. Exit codes: 0 finished, 75 stopped by a signal
+(resumable: run the same command), 1 failed (`videoldm.train.signals`).
+Libraries' INFO lines (orbax, TensorFlow, tfds, grain, JAX) stay off the
+console unless `--library_logs` (TensorFlow's C++ ones: `TF_CPP_MIN_LOG_LEVEL=0`).
 """
 
 import os
@@ -13,6 +15,11 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Before TensorFlow loads: no C++ INFO.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm.train import signals
+
+if __name__ == '__main__':  # Before the slow imports: a signal then exits as stopped.
+  signals.install_early_handlers()
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -26,6 +33,8 @@ from videoldm.train import trainer
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
+flags.DEFINE_bool('fresh_start', False, 'Move the previous run in --workdir (checkpoints, logs, '
+                  'samples) to <workdir>/previous-<time>/ and train from scratch.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -35,7 +44,11 @@ def main(argv):
   logs.quiet_libraries()
   # No device query here: jax.distributed.initialize() (config.multiprocess) must come first.
   logging.info('JAX %s; config:\n%s', jax.__version__, FLAGS.config)
-  trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, fresh_start=FLAGS.fresh_start)
+  except signals.Stopped as stopped:
+    logging.warning('%s', stopped)
+    raise SystemExit(signals.EXIT_STOPPED) from None
 
 
 if __name__ == '__main__':

@@ -7,12 +7,19 @@ image LDM, video prediction model, interpolation, temporal decoder, upsampler),
 each in `<workdir>/<stage>` and started from the previous one with `init_from`,
 then samples `<workdir>/video.mp4` (+ GIF and a contact sheet of frames).
 Re-running resumes: finished stages are skipped (`videoldm.train.chain`).
+Exit codes: 0 done, 75 stopped by a signal (run it again to resume), 1 failed.
 On a CPU the host is split into one JAX device per core (`videoldm.host_devices`)
 and each stage's batch is split across them; set XLA_FLAGS to choose otherwise.
 """
 
 import os
 import time
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm.train import signals
+
+if __name__ == '__main__':  # Before the slow imports: a signal then exits as stopped.
+  signals.install_early_handlers()
 
 from absl import app
 from absl import flags
@@ -23,6 +30,7 @@ from videoldm import logs
 from videoldm.pipelines import generate
 from videoldm.pipelines import video_ldm
 from videoldm.train import chain
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/videoldm_quickstart', 'Where to put the run.')
 _CONFIG = flags.DEFINE_string('config_file', None, 'Config script (default: the bundled '
@@ -43,7 +51,11 @@ def main(argv):
   workdir = _WORKDIR.value
   config_file = _CONFIG.value or chain.quickstart_config_file()
   start = time.time()
-  chain.train_all(workdir, config_file, _ARG.value)
+  try:
+    chain.train_all(workdir, config_file, _ARG.value)
+  except signals.Stopped as stopped:
+    logging.warning('%s', stopped)
+    raise SystemExit(signals.EXIT_STOPPED) from None
   settings = video_ldm.Settings(num_frames=_NUM_FRAMES.value,
                                 labels=tuple(int(label) for label in _LABELS.value),
                                 upsample=_UPSAMPLE.value)

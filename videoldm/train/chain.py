@@ -3,7 +3,8 @@
 A run is a folder with one workdir per stage (`<run>/autoencoder`,
 `<run>/image`, ...) and the dataset in `<run>/data`; the quickstart and the
 ablation benchmark lay runs out this way and `videoldm.sample` reads them.
-Re-running resumes: finished stages are skipped by the trainer's resume.
+Re-running resumes: finished stages are skipped by the trainer's resume. A
+signal stops the stage in training (`signals.Stopped`, raised to the caller).
 """
 
 import os
@@ -13,6 +14,7 @@ from absl import logging
 
 from videoldm import config_utils
 from videoldm import stages as stages_lib
+from videoldm.train import signals
 from videoldm.train import trainer
 
 
@@ -52,10 +54,10 @@ def train_all(workdir: str, config_file: str, arg: str, stages=stages_lib.CHAIN)
     config = stage_config(config_file, stage, arg, workdir)
     logging.info('=== Stage %d/%d: %s (%d steps) ===', index + 1, len(stages), stage,
                  config.total_steps)
-    state = trainer.train_and_evaluate(config, os.path.join(workdir, stage))
-    if int(state.step) < config.total_steps:  # Stopped by SIGTERM: the checkpoint is saved.
-      raise SystemExit(f'Stopped during stage {stage!r} at step {int(state.step)}; run the '
-                       'same command again to resume.')
+    try:
+      trainer.train_and_evaluate(config, os.path.join(workdir, stage))
+    except signals.Stopped as stopped:
+      raise signals.Stopped(f'Stage {stage!r}: {stopped}', stopped.step) from None
     elapsed = time.time() - start
     eta = elapsed / (index + 1) * (len(stages) - index - 1)
     logging.info('=== %s done; %.0f s elapsed, about %.0f s to go for training ===', stage,

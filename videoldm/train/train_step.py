@@ -7,6 +7,7 @@ benchmarks and tests build steps from here without TensorFlow, TFDS or grain.
 
 import concurrent.futures
 import functools
+import threading
 from typing import Any, Callable
 
 from absl import logging
@@ -157,12 +158,19 @@ def compile_in_background(jitted, *args) -> concurrent.futures.Future:
 
   XLA compiles without holding the GIL, so the train step compiles on one core
   while the main thread initialises and loads the params on another
-  (`bench/stage_start.py`).
+  (`bench/stage_start.py`). The thread is a daemon: a run stopped by a signal
+  exits without waiting for the compile.
   """
-  executor = concurrent.futures.ThreadPoolExecutor(max_workers=1,
-                                                   thread_name_prefix='compile')
-  future = executor.submit(lambda: jitted.lower(*args).compile())
-  executor.shutdown(wait=False)
+  future = concurrent.futures.Future()
+
+  def compile_step():
+    future.set_running_or_notify_cancel()
+    try:
+      future.set_result(jitted.lower(*args).compile())
+    except BaseException as error:  # pylint: disable=broad-exception-caught
+      future.set_exception(error)
+
+  threading.Thread(target=compile_step, name='compile', daemon=True).start()
   return future
 
 

@@ -30,22 +30,21 @@ Config fields read here (every config in configs/ declares each one; none has a 
 A fresh run initialises params with `stage.init_params` (with `init_from`, only
 those its source lacks), loads `init_from`, then runs `stage.calibrate` once; a
 run whose workdir has checkpoints resumes from the newest readable one (state,
-data iterator position) instead.
-SIGTERM saves a checkpoint at the next step boundary and returns normally.
+data iterator position) instead, provided the config kept every key that
+shapes the model, data and optimiser state (`videoldm.train.resume`).
+A signal stops the run at any phase (`videoldm.train.signals`): in the loop
+after saving a checkpoint at the next step boundary.
 """
 
-import signal
-import threading
+import contextlib
 import time
 from typing import Any, Callable
 
 from absl import logging
 from clu import periodic_actions
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from videoldm import checkpoints
 from videoldm import distributed
@@ -54,7 +53,9 @@ from videoldm import stages
 from videoldm.data import pipeline
 from videoldm.evaluation import hook
 from videoldm.train import checkpointing
+from videoldm.train import resume
 from videoldm.train import sharding as sharding_lib
+from videoldm.train import signals
 from videoldm.train import state as state_lib
 from videoldm.train import train_step as train_step_lib
 from videoldm.train import writers
@@ -64,7 +65,7 @@ DatasetFn = Callable[..., Any]
 
 
 # ----------------------------------------------------------------------------
-# Host-side helpers: devices, data, signals.
+# Host-side helpers: devices, data.
 # ----------------------------------------------------------------------------
 
 
@@ -88,53 +89,41 @@ def peek(iterator) -> dict:
   return batch
 
 
-class StopSignal:
-  """SIGTERM sets a flag the loop reads at step boundaries (agreed across processes)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    else:
-      logging.warning('Not in the main thread: SIGTERM will not trigger a checkpoint.')
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning('Received signal %d; saving a checkpoint at the next step boundary.', signum)
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def should_stop(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    return bool(np.max(multihost_utils.process_allgather(np.int32(self.requested))))
-
-
 # ----------------------------------------------------------------------------
 # The loop.
 # ----------------------------------------------------------------------------
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       dataset_fn: DatasetFn | None = None) -> TrainState:
+                       dataset_fn: DatasetFn | None = None,
+                       fresh_start: bool = False) -> TrainState:
   """Trains `config.stage` for `config.total_steps`, resuming from `workdir` if it has checkpoints.
 
   `dataset_fn` defaults to `videoldm.data.pipeline.make_dataset` (same signature).
-  Returns the final train state.
+  A resumed run must keep the saved config (`videoldm.train.resume`);
+  `fresh_start` moves a previous run aside instead. Returns the final train
+  state; raises `signals.Stopped` when a signal stopped the run.
   """
+  # First: a signal at any phase stops cleanly; the writer and checkpoints close on any exit.
+  with signals.StopSignal(workdir) as stop_signal, contextlib.ExitStack() as cleanup:
+    return _train(config, workdir, dataset_fn, fresh_start, stop_signal, cleanup)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, dataset_fn: DatasetFn | None,
+           fresh_start: bool, stop_signal: signals.StopSignal,
+           cleanup: contextlib.ExitStack) -> TrainState:
+  """`train_and_evaluate`'s body, under its signal handlers."""
   outputs.check_workdir(workdir)  # Before any slow work: a bad path fails in one line.
   maybe_initialize_distributed(config)
+  if fresh_start:
+    resume.move_previous_run(workdir)
+  else:
+    resume.check_config_change(config, workdir)  # Before any slow work, too.
   dataset_fn = dataset_fn or pipeline.make_dataset
   check_batch_size(config.batch_size, jax.device_count())
   stage = stages.get_stage(config.stage)(config)
   writer = writers.create_writer(workdir)
+  cleanup.callback(writer.flush)
   log_every = config.log_every
   eval_every, sample_every, metrics_every = (config.eval_every, config.sample_every,
                                              config.metrics_every)
@@ -161,6 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   root_key = jax.random.key(config.seed)
   init_key, train_key, eval_key, sample_key = (jax.random.fold_in(root_key, i) for i in range(4))
   manager = checkpointing.make_manager(workdir, config.checkpoint)
+  cleanup.callback(manager.close)
+  cleanup.callback(manager.wait_until_finished)  # Runs first.
 
   def restore(abstract_state):
     found = checkpointing.restore_latest(manager, abstract_state)
@@ -224,42 +215,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           f'{checkpoints.checkpoint_dir(workdir)}.')
 
   logging.info('Training %s from step %d to %d.', config.stage, step, config.total_steps)
-  try:
-    with StopSignal() as stop_signal:
-      while step < config.total_steps:
-        with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          batch = pipeline.global_batch_to_device(next(train_iter), batch_sharding)
-          state, metrics = train_step(state, batch)
-        step += 1
-        if pending_check is not None:  # One step behind, so the host does not stall the device.
-          check_nonfinite(*pending_check)
-        pending_check = (step, metrics['consecutive_nonfinite'])
-        report_progress(step, time.time())
+  stop_signal.start_loop()
+  while step < config.total_steps:
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      batch = pipeline.global_batch_to_device(next(train_iter), batch_sharding)
+      state, metrics = train_step(state, batch)
+    step += 1
+    if pending_check is not None:  # One step behind, so the host does not stall the device.
+      check_nonfinite(*pending_check)
+    pending_check = (step, metrics['consecutive_nonfinite'])
+    report_progress(step, time.time())
 
-        if step % log_every == 0 or step == config.total_steps:
-          scalars = jax.device_get(metrics)
-          scalars.pop('consecutive_nonfinite')
-          writer.write_scalars(step, {name: float(value) for name, value in scalars.items()})
-        if eval_every and (step % eval_every == 0 or step == config.total_steps):
-          with report_progress.timed('eval'):
-            run_eval(step)
-        sample_now = sample_every and (step % sample_every == 0 or step == config.total_steps)
-        if sample_now or (metrics_every and (step % metrics_every == 0 or
-                                             step == config.total_steps)):
-          with report_progress.timed('sample'):
-            run_sample(step, write_videos=bool(sample_now))
+    if step % log_every == 0 or step == config.total_steps:
+      scalars = jax.device_get(metrics)
+      scalars.pop('consecutive_nonfinite')
+      writer.write_scalars(step, {name: float(value) for name, value in scalars.items()})
+    if eval_every and (step % eval_every == 0 or step == config.total_steps):
+      with report_progress.timed('eval'):
+        run_eval(step)
+    sample_now = sample_every and (step % sample_every == 0 or step == config.total_steps)
+    if sample_now or (metrics_every and (step % metrics_every == 0 or
+                                         step == config.total_steps)):
+      with report_progress.timed('sample'):
+        run_sample(step, write_videos=bool(sample_now))
 
-        stop = stop_signal.should_stop()
-        if step % save_every == 0 or step == config.total_steps or stop:
-          check_nonfinite(*pending_check)
-          checkpointing.save(manager, step, state, train_iter.get_state(), config, force=True)
-        if stop:
-          logging.warning('Stopping at step %d after SIGTERM; the checkpoint is saved.', step)
-          break
-      if pending_check is not None:
-        check_nonfinite(*pending_check)
-  finally:
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
+    stop = stop_signal.should_stop()
+    if step % save_every == 0 or step == config.total_steps or stop:
+      check_nonfinite(*pending_check)
+      checkpointing.save(manager, step, state, train_iter.get_state(), config, force=True)
+    if stop:
+      manager.wait_until_finished()
+      raise signals.Stopped(f'Stopped by a signal at step {step} of {config.total_steps}; the '
+                            f'checkpoint is saved. Run the same command to resume {workdir}.',
+                            step)
+  if pending_check is not None:
+    check_nonfinite(*pending_check)
   return state
