@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.9,<2",  # bundled handwritten digits for moving_digits.
     "imageio>=2.38,<3",
     "imageio-ffmpeg>=0.8,<0.9",
+    "av>=17,<19",  # PyAV: decoding video clips on the fly (videoldm/data/video_decode.py).
     "Pillow>=11,<14",
     "scipy>=1.17,<2",
     "regex>=2024.5",  # the CLIP tokenizer's pre-tokenisation pattern.

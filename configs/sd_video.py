@@ -3,7 +3,9 @@ r"""Stable Diffusion -> text-to-video LDM (paper Sec. 4.2): temporal layers only
 The spatial layers (U-Net, VAE, CLIP text encoder, tokenizer) come from an SD
 1.x / 2.x pipeline folder on disk and stay frozen; temporal layers (conv3d +
 temporal attention that also cross-attends to the text) are trained at 320x512
-on captioned video (`video_folder`, or any TFDS video dataset with captions).
+on captioned video: a folder or a .csv/.jsonl manifest of video files
+(`video_dir=`, decoded on the fly; videoldm/data/video_index.py), or any TFDS
+video dataset with captions.
 The model is also a prediction model (S in {0, 1, 2} context frames), so the
 sampling stack extends videos window by window.
 
@@ -92,10 +94,11 @@ def get_config(arg=None):
   config.multiprocess = False
 
   config.data = data_config.default_data_config()
-  config.data.name = 'video_folder'
-  config.data.builder_config = ''
-  config.data.builder_kwargs = dict(video_dir=arg.video_dir, image_size=512, num_frames=32)
-  config.data.num_frames, config.data.frame_stride, config.data.image_size = 16, 2, 512
+  config.data.name = 'videos'  # Decoded on the fly from a folder or manifest.
+  config.data.source = arg.video_dir
+  config.data.split, config.data.eval_split = 'train[:99%]', 'train[99%:]'
+  config.data.num_frames, config.data.frame_stride = 16, 2
+  config.data.image_size, config.data.image_width = 320, 512  # = model.frame_size.
   config.data.num_workers = 8
 
   unet, autoencoder, text_encoder = backbone_configs(arg.sd_path, arg.sd_version)

@@ -1,7 +1,6 @@
-"""Tests for videoldm.data: TFDS builders and the grain input pipeline."""
+"""Tests for videoldm.data: the moving_digits builder and the grain input pipeline over TFDS."""
 
 import json
-import os
 import re
 
 import jax
@@ -13,8 +12,6 @@ import tensorflow_datasets as tfds
 from videoldm.data import data_config
 from videoldm.data import moving_digits
 from videoldm.data import pipeline
-from videoldm.data import video_folder
-from videoldm.data import video_io
 
 tfds.disable_progress_bar()
 
@@ -153,75 +150,6 @@ def test_moving_digits_rejects_bad_settings(tmp_path):
                  data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="'nope'"):
     moving_digits.derive_config('nope')
-
-
-# ----------------------------------------------------------------- video_folder
-
-FOLDER_VIDEOS = {  # name: (frames, height, width)
-    'clips/a.gif': (10, 20, 28), 'b.gif': (7, 24, 16), 'c.mp4': (12, 32, 48)}
-FOLDER_CAPTIONS = {'a.gif': 'a red square', 'c': 'a moving bar'}
-
-
-@pytest.fixture(scope='module')
-def video_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp('videos')
-  rng = np.random.default_rng(0)
-  for name, (f, h, w) in FOLDER_VIDEOS.items():
-    os.makedirs(os.path.dirname(root / name), exist_ok=True)
-    base = rng.integers(0, 255, size=(1, h, w, 3))
-    ramp = np.arange(f)[:, None, None, None] * 20
-    video_io.write_video(str(root / name), ((base + ramp) % 256).astype(np.uint8),
-                         fps=10.0)
-  (root / 'captions.json').write_text(json.dumps(FOLDER_CAPTIONS))
-  return root
-
-
-def test_video_folder_clips_shapes_and_captions(video_dir, tmp_path):
-  builder = _prepare(tmp_path, 'video_folder', video_dir=str(video_dir),
-                     image_size=16, num_frames=4, clip_stride=3)
-  records = _records(builder, 'train')
-  # Starts 0,3,6 (10 frames) + 0,3 (7 frames) + 0,3,6 (12 frames: 9+4 > 12).
-  assert len(records) == 8
-  got = sorted((r['filename'].decode(), int(r['start_frame'])) for r in records)
-  assert got == [('b.gif', 0), ('b.gif', 3), ('c.mp4', 0), ('c.mp4', 3),
-                 ('c.mp4', 6), ('clips/a.gif', 0), ('clips/a.gif', 3),
-                 ('clips/a.gif', 6)]
-  expected_captions = {'clips/a.gif': 'a red square', 'b.gif': '',
-                       'c.mp4': 'a moving bar'}
-  for record in records:
-    name, start = record['filename'].decode(), int(record['start_frame'])
-    assert record['video'].shape == (4, 16, 16, 3)
-    assert record['video'].dtype == np.uint8
-    assert record['caption'].decode() == expected_captions[name]
-    assert record['fps'] == pytest.approx(10.0, rel=0.02)
-    source = video_io.read_video(str(video_dir / name))[start:start + 4]
-    np.testing.assert_array_equal(record['video'],
-                                  video_io.resize_video(source, 16))
-
-
-def test_video_folder_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match='missing'):
-    tfds.builder('video_folder', video_dir=str(tmp_path / 'missing'))
-  with pytest.raises(ValueError, match='no video files'):
-    tfds.builder('video_folder', video_dir=str(tmp_path))
-  (tmp_path / 'captions.txt').write_text('a.gif no tab here\n')
-  with pytest.raises(ValueError, match='Line 1'):
-    video_folder.load_captions(str(tmp_path))
-
-
-def test_pipeline_over_video_folder_tokenizes_captions(video_dir, tmp_path):
-  config = _data_config(tmp_path, name='video_folder', builder_config='',
-                        image_size=8, num_frames=2, frame_stride=1)
-  config.builder_kwargs = {'video_dir': str(video_dir), 'image_size': 16,
-                           'num_frames': 4, 'clip_stride': 3}
-  tokenize = lambda texts: [[len(t), 1 + t.count(' ')] for t in texts]
-  batch = next(pipeline.make_dataset(config, 'train', 4, seed=0,
-                                     tokenize_fn=tokenize))
-  assert batch['video'].shape == (4, 2, 8, 8, 3)
-  assert batch['caption'].dtype == np.int32
-  np.testing.assert_array_equal(batch['caption'],
-                                tokenize(list(batch['caption_text'])))
-  assert 'labels' not in batch
 
 
 # --------------------------------------------------------------------- pipeline

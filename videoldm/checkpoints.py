@@ -92,6 +92,10 @@ ADDED_FIELDS = (
     ('model.upsampler.residual_scale', 1.0, 'model.upsampler'),
     ('model.text_output', 'last', 'model.text_encoder'),
     ('model.decode_chunk', 0, 'model.text_encoder'),
+    ('data.source', '', 'data'),
+    ('data.index_dir', '', 'data'),
+    ('data.clip_stride', 0, 'data'),
+    ('data.image_width', 0, 'data'),
 )
 
 

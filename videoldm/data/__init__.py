@@ -1,6 +1,8 @@
-"""Video data: TFDS builders (`moving_digits`, `video_folder`), video files and the grain pipeline.
+"""Video data: the `moving_digits` TFDS builder, video sources decoded on the fly, the grain pipeline.
 
-Import the submodule you need: `pipeline` (importing it registers both builders
+Import the submodule you need: `pipeline` (importing it registers `moving_digits`
 with TFDS), `data_config` (the `config.data` defaults, no TensorFlow needed),
-`video_io`, `moving_digits`, `video_folder`.
+`video_index` (folders and manifests into clip indexes), `video_decode` (PyAV),
+`video_source` (the grain source), `video_io` (imageio reading/writing, resizing),
+`moving_digits`.
 """

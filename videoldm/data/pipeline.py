@@ -1,4 +1,8 @@
-"""Input pipeline: TFDS array_record source -> grain -> per-process batches.
+"""Input pipeline: a TFDS array_record dataset or a video index -> grain -> per-process batches.
+
+Sources: `data.name = 'videos'` reads the files of `data.source` (a folder or
+manifest, `video_index`) and decodes each clip on the fly in the grain workers
+(`video_source`); any other name is a TFDS dataset with a `video` feature.
 
 `make_dataset` returns a `DataIterator` over this process's share of each
 global batch. It is deterministic (order from `seed`, each record's clip
@@ -12,8 +16,9 @@ row order `global_batch_to_device` builds on a mesh whose devices are grouped
 by process (`jax.devices()`), so a run on P processes sees exactly the global
 batches, in order, of a run on one.
 
-Batch (B = global_batch_size / process_count examples):
-  video:        float32 (B, num_frames, image_size, image_size, 3) in [-1, 1]
+Batch (B = global_batch_size / process_count examples; H, W = image_size,
+image_width or image_size):
+  video:        float32 (B, num_frames, H, W, 3) in [-1, 1]
   frame_stride: int32 (B,)
   fps:          float32 (B,), the clip's frame rate (source fps / frame_stride),
                 when the dataset has an `fps` feature
@@ -32,10 +37,11 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-# Registers the local builders with TFDS.
+# Registers the local builder with TFDS.
 from videoldm.data import moving_digits  # pylint: disable=unused-import
-from videoldm.data import video_folder  # pylint: disable=unused-import
+from videoldm.data import video_index
 from videoldm.data import video_io
+from videoldm.data import video_source
 
 BATCH_AXES = ('data', 'fsdp')  # Mesh axes the batch dimension is sharded over.
 TokenizeFn = Callable[[Sequence[str]], np.ndarray]
@@ -66,13 +72,30 @@ def get_builder(data_config: ml_collections.ConfigDict):
   return builder
 
 
-class SampleClip(grain.RandomMapTransform):
-  """Picks a clip at a random (seeded) offset and converts it for the model."""
+def model_example(clip: np.ndarray, frame_stride: int, element: dict) -> dict:
+  """A uint8 clip and its record's fields as the model's example (see module docstring)."""
+  out = {'video': clip.astype(np.float32) / 127.5 - 1.0, 'frame_stride': np.int32(frame_stride)}
+  if 'fps' in element:
+    out['fps'] = np.float32(element['fps']) / np.float32(frame_stride)
+  for key in ('labels', 'label'):
+    if key in element:
+      out['labels'] = np.atleast_1d(np.asarray(element[key], np.int32))
+      break
+  if 'caption' in element:
+    caption = element['caption']
+    out['caption_text'] = caption.decode('utf-8') if isinstance(caption, bytes) else str(caption)
+  if 'skipped_clips' in element:
+    out['skipped_clips'] = np.int32(element['skipped_clips'])
+  return out
 
-  def __init__(self, num_frames: int, frame_stride: int, image_size: int):
+
+class SampleClip(grain.RandomMapTransform):
+  """Picks a clip at a random (seeded) offset of a TFDS record and resizes it."""
+
+  def __init__(self, num_frames: int, frame_stride: int, height: int, width: int):
     self.num_frames = num_frames
     self.frame_stride = frame_stride
-    self.image_size = image_size
+    self.height, self.width = height, width
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     video = np.asarray(element['video'])
@@ -84,21 +107,19 @@ class SampleClip(grain.RandomMapTransform):
           'need.')
     offset = int(rng.integers(0, video.shape[0] - span + 1))
     clip = video[offset:offset + span:self.frame_stride]
-    if self.image_size:
-      clip = video_io.resize_video(clip, self.image_size)
-    out = {'video': clip.astype(np.float32) / 127.5 - 1.0,
-           'frame_stride': np.int32(self.frame_stride)}
-    if 'fps' in element:
-      out['fps'] = np.float32(element['fps']) / np.float32(self.frame_stride)
-    for key in ('labels', 'label'):
-      if key in element:
-        out['labels'] = np.atleast_1d(np.asarray(element[key], np.int32))
-        break
-    if 'caption' in element:
-      caption = element['caption']
-      out['caption_text'] = (caption.decode('utf-8')
-                             if isinstance(caption, bytes) else str(caption))
-    return out
+    if self.height:
+      clip = video_io.resize_video(clip, self.height, self.width)
+    return model_example(clip, self.frame_stride, element)
+
+
+class DecodedClip(grain.MapTransform):
+  """A `video_source.VideoClipSource` record (decoded at its stride and size) as an example."""
+
+  def __init__(self, frame_stride: int):
+    self.frame_stride = frame_stride
+
+  def map(self, element: dict) -> dict:
+    return model_example(element['video'], self.frame_stride, element)
 
 
 class BlockSampler:
@@ -136,6 +157,8 @@ class DataIterator:
 
   grain yields single examples (in global-position order whatever the worker
   count); they are batched here, so batches do not depend on `num_workers`.
+  `skipped_clips` counts the clips this process's video source could not
+  decode and replaced (since this iterator was made).
   """
 
   def __init__(self, loader: grain.DataLoader, batch_size: int,
@@ -143,6 +166,7 @@ class DataIterator:
     self._iterator = iter(loader)
     self._batch_size = batch_size
     self._tokenize_fn = tokenize_fn
+    self.skipped_clips = 0
 
   def __iter__(self) -> 'DataIterator':
     return self
@@ -151,6 +175,7 @@ class DataIterator:
     examples = []
     for _ in range(self._batch_size):  # A partial last batch is dropped.
       examples.append(next(self._iterator))
+    self.skipped_clips += sum(int(e.pop('skipped_clips', 0)) for e in examples)
     batch = {key: np.stack([e[key] for e in examples])
              for key in examples[0] if key != 'caption_text'}
     if 'caption_text' in examples[0]:
@@ -202,15 +227,27 @@ def make_dataset(data_config: ml_collections.ConfigDict, split: str,
     raise ValueError(f'data.num_frames={data_config.num_frames} and '
                      f'data.frame_stride={data_config.frame_stride} must be '
                      '>= 1.')
-  builder = get_builder(data_config)
-  video_shape = builder.info.features['video'].shape
-  span = (data_config.num_frames - 1) * data_config.frame_stride + 1
-  if video_shape[0] is not None and video_shape[0] < span:
-    raise ValueError(
-        f'Dataset {builder.name!r} has clips of {video_shape[0]} frames; '
-        f'num_frames={data_config.num_frames} at frame_stride='
-        f'{data_config.frame_stride} needs {span}.')
-  source = builder.as_data_source(split=split)
+  height = data_config.image_size
+  width = data_config.image_width or height
+  if data_config.name == 'videos':
+    if not data_config.source:
+      raise ValueError("data.source is empty; data.name='videos' expects a folder or a "
+                       '.csv/.jsonl manifest of video files.')
+    if not height:
+      raise ValueError('data.image_size=0 keeps the stored size, which a video source lacks; '
+                       'expected the frame height (and data.image_width) in pixels.')
+    index = video_index.build_index(
+        data_config.source, split, data_config.num_frames, data_config.frame_stride,
+        data_config.clip_stride,
+        data_config.index_dir or video_index.default_index_dir(data_config.source,
+                                                              data_config.data_dir),
+        process_index, process_count)
+    source = video_source.VideoClipSource(index, data_config.num_frames,
+                                          data_config.frame_stride, height, width)
+    operation = DecodedClip(data_config.frame_stride)
+  else:
+    source = tfds_source(data_config, split)
+    operation = SampleClip(data_config.num_frames, data_config.frame_stride, height, width)
   sampler = grain.IndexSampler(len(source), shuffle=shuffle,
                                num_epochs=num_epochs, seed=seed)
   # Each process reads floor(len / process_count) positions and drops the
@@ -223,13 +260,25 @@ def make_dataset(data_config: ml_collections.ConfigDict, split: str,
   loader = grain.DataLoader(
       data_source=source,
       sampler=BlockSampler(sampler, global_batch_size, process_count),
-      operations=[SampleClip(data_config.num_frames, data_config.frame_stride,
-                             data_config.image_size)],
+      operations=[operation],
       worker_count=data_config.num_workers,
       shard_options=grain.ShardOptions(shard_index=process_index,
                                        shard_count=process_count,
                                        drop_remainder=True))
   return DataIterator(loader, global_batch_size // process_count, tokenize_fn)
+
+
+def tfds_source(data_config: ml_collections.ConfigDict, split: str):
+  """The grain source of a TFDS split, checked to hold clips long enough."""
+  builder = get_builder(data_config)
+  video_shape = builder.info.features['video'].shape
+  span = (data_config.num_frames - 1) * data_config.frame_stride + 1
+  if video_shape[0] is not None and video_shape[0] < span:
+    raise ValueError(
+        f'Dataset {builder.name!r} has clips of {video_shape[0]} frames; '
+        f'num_frames={data_config.num_frames} at frame_stride='
+        f'{data_config.frame_stride} needs {span}.')
+  return builder.as_data_source(split=split)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:

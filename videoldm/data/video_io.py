@@ -20,7 +20,7 @@ def _check_exists(path: str) -> None:
 
 
 def to_rgb(frame: np.ndarray) -> np.ndarray:
-  """Returns a uint8 (h, w, 3) frame from gray, gray+alpha, RGB or RGBA input."""
+  """A uint8 (h, w, 3) frame from gray, gray+alpha, RGB or RGBA input (alpha over black)."""
   frame = np.asarray(frame)
   if frame.dtype != np.uint8:
     raise ValueError(f'Frame dtype {frame.dtype} is not supported; expected '
@@ -30,9 +30,11 @@ def to_rgb(frame: np.ndarray) -> np.ndarray:
   if frame.ndim != 3 or frame.shape[-1] not in (1, 2, 3, 4):
     raise ValueError(f'Frame shape {frame.shape} is not an image; expected '
                      '(h, w) or (h, w, 1|2|3|4).')
-  if frame.shape[-1] in (1, 2):
-    frame = np.repeat(frame[..., :1], 3, axis=-1)
-  return np.ascontiguousarray(frame[..., :3])
+  color = frame[..., :1] if frame.shape[-1] in (1, 2) else frame[..., :3]
+  if frame.shape[-1] in (2, 4):  # Composited over black: transparent pixels have no colour.
+    alpha = frame[..., -1:].astype(np.uint32)
+    color = ((color * alpha + 127) // 255).astype(np.uint8)
+  return np.ascontiguousarray(np.broadcast_to(color, frame.shape[:2] + (3,)))
 
 
 def iter_frames(path: str) -> Iterator[np.ndarray]:
@@ -61,24 +63,24 @@ def video_fps(path: str, default: float = 8.0) -> float:
   return float(default)
 
 
-def resize_center_crop(frame: np.ndarray, size: int) -> np.ndarray:
-  """Scales the shorter side to `size` (bicubic) and crops the centre square."""
-  height, width = frame.shape[:2]
-  if (height, width) == (size, size):
+def resize_cover_crop(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Scales `frame` to cover (height, width) (bicubic) and crops the centre to it."""
+  frame_h, frame_w = frame.shape[:2]
+  if (frame_h, frame_w) == (height, width):
     return frame
-  scale = size / min(height, width)
-  new_w = max(size, round(width * scale))
-  new_h = max(size, round(height * scale))
+  scale = max(height / frame_h, width / frame_w)
+  new_w, new_h = max(width, round(frame_w * scale)), max(height, round(frame_h * scale))
   image = Image.fromarray(frame).resize((new_w, new_h), Image.BICUBIC)
-  left, top = (new_w - size) // 2, (new_h - size) // 2
-  return np.asarray(image.crop((left, top, left + size, top + size)))
+  left, top = (new_w - width) // 2, (new_h - height) // 2
+  return np.asarray(image.crop((left, top, left + width, top + height)))
 
 
-def resize_video(video: np.ndarray, size: int) -> np.ndarray:
-  """`resize_center_crop` on each frame of a uint8 (f, h, w, 3) video."""
-  if video.shape[1:3] == (size, size):
+def resize_video(video: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
+  """`resize_cover_crop` on each frame of a uint8 (f, h, w, 3) video (square if no width)."""
+  width = width or height
+  if video.shape[1:3] == (height, width):
     return video
-  return np.stack([resize_center_crop(frame, size) for frame in video])
+  return np.stack([resize_cover_crop(frame, height, width) for frame in video])
 
 
 def write_video(path: str, frames: np.ndarray | Sequence[np.ndarray],

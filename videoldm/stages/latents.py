@@ -109,8 +109,8 @@ class LatentStage(base.Stage):
   autoencoder: autoencoder_lib.AutoencoderKL
 
   def latent_size(self) -> tuple[int, int]:
-    size = self.config.data.image_size // self.autoencoder.config.downsampling_factor
-    return size, size
+    data, factor = self.config.data, self.autoencoder.config.downsampling_factor
+    return data.image_size // factor, (data.image_width or data.image_size) // factor
 
   def encode(self, params, video):
     return encode_video(self.autoencoder, params, video, None)

@@ -76,13 +76,13 @@ class TextVideoStage(video_stage.VideoStage):
     return h // factor, w // factor
 
   def preprocess(self, batch):
-    """Centre-crops the (square) data frames to `model.frame_size` (h, w)."""
+    """Centre-crops the data frames to `model.frame_size` (h, w) (identity when they match)."""
     h, w = self.config.model.frame_size
     video = batch['video']
     height, width = video.shape[2:4]
     if height < h or width < w:
       raise ValueError(f'Data frames of {height}x{width} are smaller than model.frame_size '
-                       f'{h}x{w}; raise data.image_size.')
+                       f'{h}x{w}; raise data.image_size (height) or data.image_width.')
     top, left = (height - h) // 2, (width - w) // 2
     return dict(batch, video=video[:, :, top:top + h, left:left + w])
 

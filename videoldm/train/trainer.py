@@ -229,6 +229,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dataset_fn: DatasetF
     if step % log_every == 0 or step == config.total_steps:
       scalars = jax.device_get(metrics)
       scalars.pop('consecutive_nonfinite')
+      if hasattr(train_iter, 'skipped_clips'):  # Clips a video source could not decode.
+        scalars['data/skipped_clips'] = train_iter.skipped_clips
       writer.write_scalars(step, {name: float(value) for name, value in scalars.items()})
     if eval_every and (step % eval_every == 0 or step == config.total_steps):
       with report_progress.timed('eval'):
