@@ -95,6 +95,12 @@ def test_config_changes_compare_json_values():
     new.model.extra = 3
   assert resume.config_changes(old, new) == [('model.extra', '<absent>', 3)]
   assert resume.is_resumable('model.unet.attention_implementation')
+  # A config saved before data.image_width existed, upgraded on reading: no change unless set.
+  saved = checkpoints.upgrade_config(checkpoints.config_to_json_dict(old))
+  assert saved.data.image_width == 0 and resume.config_changes(saved, old) == []
+  with old.unlocked():
+    old.data.image_width = 5
+  assert resume.config_changes(saved, old) == [('data.image_width', 0, 5)]
   assert not resume.is_resumable('model.unet.block_out_channels')
 
 

@@ -138,7 +138,7 @@ def toy_config(**overrides) -> ml_collections.ConfigDict:
       checkpoint=dict(every_steps=2, keep=2, async_save=True),
       log_every=1, eval_every=0, eval_steps=2, sample_every=0, metrics_every=0,
       max_consecutive_nonfinite=3, multiprocess=False,
-      data=dict(frames=4, size=8),
+      data=dict(frames=4, size=8, cache_dir=''),
       model=dict(channels=16, nan_steps=(), calibrate=False)))
   return config_utils.override(config, **overrides)
 

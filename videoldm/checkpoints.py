@@ -96,6 +96,7 @@ ADDED_FIELDS = (
     ('data.index_dir', '', 'data'),
     ('data.clip_stride', 0, 'data'),
     ('data.image_width', 0, 'data'),
+    ('data.cache_dir', '', 'data'),
 )
 
 

@@ -1,4 +1,4 @@
-"""Video data: the `moving_digits` TFDS builder, video sources decoded on the fly, the grain pipeline.
+"""Video data: `moving_digits` (TFDS), video files decoded on the fly, the grain pipeline.
 
 Import the submodule you need: `pipeline` (importing it registers `moving_digits`
 with TFDS), `data_config` (the `config.data` defaults, no TensorFlow needed),

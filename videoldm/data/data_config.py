@@ -17,6 +17,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   config.source = ''  # For 'videos': a folder or a .csv/.jsonl manifest (local or gs://).
   config.index_dir = ''  # For 'videos': probe results; '' = <data_dir>/video_index/<digest>.
   config.clip_stride = 0  # For 'videos': frames between clip starts; 0 = back to back.
+  config.cache_dir = ''  # A `python -m videoldm.cache` folder: its split is read from there.
   config.builder_config = 'default'  # TFDS config name; '' = the builder's default.
   # Extra TFDS builder kwargs, e.g. {'num_frames': 24} for a moving_digits variant.
   config.builder_kwargs = ml_collections.ConfigDict()

@@ -2,7 +2,9 @@
 
 Sources: `data.name = 'videos'` reads the files of `data.source` (a folder or
 manifest, `video_index`) and decodes each clip on the fly in the grain workers
-(`video_source`); any other name is a TFDS dataset with a `video` feature.
+(`video_source`); any other name is a TFDS dataset with a `video` feature. With
+`data.cache_dir`, the split the cache holds is read from it instead
+(`latent_cache`: latent posteriors and text contexts in place of `video`).
 
 `make_dataset` returns a `DataIterator` over this process's share of each
 global batch. It is deterministic (order from `seed`, each record's clip
@@ -38,6 +40,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 # Registers the local builder with TFDS.
+from videoldm.data import latent_cache
 from videoldm.data import moving_digits  # pylint: disable=unused-import
 from videoldm.data import video_index
 from videoldm.data import video_io
@@ -229,7 +232,16 @@ def make_dataset(data_config: ml_collections.ConfigDict, split: str,
                      '>= 1.')
   height = data_config.image_size
   width = data_config.image_width or height
-  if data_config.name == 'videos':
+  cached = None
+  if data_config.cache_dir:
+    metadata = latent_cache.read_metadata(data_config.cache_dir)
+    if metadata['split'] == split:
+      latent_cache.check_settings(metadata, ml_collections.ConfigDict({'data': data_config}),
+                                  data_config.cache_dir, latent_cache.DATA_KEYS)
+      cached = latent_cache.cache_source(data_config.cache_dir, metadata)
+  if cached is not None:  # Frozen-encoder outputs (`python -m videoldm.cache`).
+    source, operation = cached, latent_cache.CachedClip()
+  elif data_config.name == 'videos':
     if not data_config.source:
       raise ValueError("data.source is empty; data.name='videos' expects a folder or a "
                        '.csv/.jsonl manifest of video files.')

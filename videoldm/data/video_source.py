@@ -20,7 +20,7 @@ MAX_NEW_FAILURES = 32  # Failing files in a row for one record: the data is gone
 
 
 class VideoClipSource:
-  """`len()` clips; `source[k]` = {'video': uint8 (f, h, w, 3), 'fps', 'caption', 'skipped_clips'}."""
+  """`source[k]` = {'video': uint8 (f, h, w, 3), 'fps', 'caption', 'skipped_clips'}."""
 
   def __init__(self, index: video_index.ClipIndex, num_frames: int, frame_stride: int,
                height: int, width: int):

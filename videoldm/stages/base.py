@@ -73,6 +73,11 @@ class Stage:
     """Optional jittable batch transform applied before `init_params`/`loss_fn`/`sample`."""
     return batch
 
+  def cache_entries(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
+    """Per-clip arrays `videoldm.cache` stores (frozen encoders' outputs); `loss_fn` reads
+    a batch of them in place of `video` (and `caption`). Latent stages only."""
+    raise self._missing('cache_entries')
+
   # ------------------------------------------------------------ inference
   def sampling_options(self) -> sampling.SamplingOptions:
     """The sampling options of `config.sampling`."""

@@ -48,6 +48,33 @@ def encode_video(autoencoder: autoencoder_lib.AutoencoderKL, params, video: jax.
   return einops.rearrange(z, '(b f) h w c -> b f h w c', b=video.shape[0])  # b f h w c
 
 
+def posterior(autoencoder: autoencoder_lib.AutoencoderKL, params,
+              video: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Unscaled posterior (mean, logvar), each `(b, f, h, w, c)`, of video `(b, f, H, W, 3)`."""
+  gaussian = autoencoder.apply({'params': params['autoencoder']}, frames_of(video),
+                               method=autoencoder.encode)
+  split = lambda x: einops.rearrange(x, '(b f) h w c -> b f h w c', b=video.shape[0])
+  return split(gaussian.mean), split(gaussian.logvar)
+
+
+def batch_latents(autoencoder: autoencoder_lib.AutoencoderKL, params, batch: dict,
+                  key: jax.Array | None) -> jax.Array:
+  """Scaled latents `(b, f, h, w, c)` of a batch: encoded from `video`, or drawn from the
+  cached posterior `latent_mean`/`latent_logvar` (`videoldm.cache`) with the same noise.
+
+  A posterior sample with `key`, its mean without.
+  """
+  if 'latent_mean' not in batch:
+    return encode_video(autoencoder, params, batch['video'], key)
+  mean = batch['latent_mean'].astype(jnp.float32)
+  z = mean
+  if key is not None:  # As `DiagonalGaussian.sample` on the (b f) frames.
+    noise = jax.random.normal(key, frames_of(mean).shape, mean.dtype)
+    noise = einops.rearrange(noise, '(b f) h w c -> b f h w c', b=mean.shape[0])
+    z = mean + jnp.exp(0.5 * batch['latent_logvar'].astype(jnp.float32)) * noise
+  return jax.lax.stop_gradient(z) * params['latent_scale']
+
+
 def decode_latents(autoencoder: autoencoder_lib.AutoencoderKL, params,
                    latents: jax.Array) -> jax.Array:
   """Scaled latents `(b, f, h, w, c)` -> video `(b, f, H, W, 3)` (frame by frame)."""
@@ -117,3 +144,8 @@ class LatentStage(base.Stage):
 
   def decode(self, params, latents):
     return decode_latents(self.autoencoder, params, latents)
+
+  def cache_entries(self, params, batch) -> dict:
+    """What `videoldm.cache` keeps per clip: the frames' unscaled posterior."""
+    mean, logvar = posterior(self.autoencoder, params, self.preprocess(batch)['video'])
+    return {'latent_mean': mean, 'latent_logvar': logvar}

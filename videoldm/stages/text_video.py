@@ -77,6 +77,8 @@ class TextVideoStage(video_stage.VideoStage):
 
   def preprocess(self, batch):
     """Centre-crops the data frames to `model.frame_size` (h, w) (identity when they match)."""
+    if 'video' not in batch:  # Cached latents (`videoldm.cache`), cropped when cached.
+      return batch
     h, w = self.config.model.frame_size
     video = batch['video']
     height, width = video.shape[2:4]
@@ -128,17 +130,26 @@ class TextVideoStage(video_stage.VideoStage):
     out = self.unet.apply({'params': params['unet']}, x, t, context=text_context, **extra)
     return out.astype(jnp.float32)
 
+  def cache_entries(self, params, batch) -> dict:
+    """The frames' posterior and the caption's frozen CLIP context `(n, d)`."""
+    return {**super().cache_entries(params, batch),
+            'text_context': self.encode_text(params, batch['caption'])}
+
   def loss_fn(self, params, batch, rng, step):
     del step
-    if 'caption' not in batch:
+    if 'caption' not in batch and 'text_context' not in batch:
       raise ValueError(f'The text_video stage needs captions, but the batch has only '
                        f'{sorted(batch)}; use a dataset with a caption feature.')
     enc_key, noise_key, drop_key, mask_key = jax.random.split(rng, 4)
-    z0 = latents.encode_video(self.autoencoder, params, batch['video'], enc_key)
+    z0 = latents.batch_latents(self.autoencoder, params, batch, enc_key)  # Pixels or cache.
     b, f = z0.shape[:2]
     drop = jax.random.bernoulli(drop_key, self.config.model.caption_dropout, (b, 1))
-    ids = jnp.where(drop, jnp.asarray(self.null_ids(b)), batch['caption'])
-    text_context = self.encode_text(params, ids)
+    if 'text_context' in batch:  # Cached: the empty prompt's context where dropped.
+      null = self.encode_text(params, jnp.asarray(self.null_ids(1)))
+      text_context = jnp.where(drop[:, :, None], null, batch['text_context'].astype(jnp.float32))
+    else:
+      ids = jnp.where(drop, jnp.asarray(self.null_ids(b)), batch['caption'])
+      text_context = self.encode_text(params, ids)
     mask = jnp.zeros((b, f))
     if self.config.model.unet.temporal.context_frames:
       mask = self.context_mask(mask_key, b, f)
@@ -165,8 +176,8 @@ class TextVideoStage(video_stage.VideoStage):
 
   def sample(self, params, batch, rng):
     """Each eval clip from its caption (and its first `sampling.num_context` frames)."""
-    video = batch['video']
-    z0 = latents.encode_video(self.autoencoder, params, video, None)
+    z0 = latents.batch_latents(self.autoencoder, params, batch, None)
+    video = batch['video'] if 'video' in batch else self.decode(params, z0)  # Cached: decoded.
     b, f = z0.shape[:2]
     num_context = self.config.sampling.num_context
     if not self.config.model.unet.temporal.context_frames:

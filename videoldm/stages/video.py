@@ -33,10 +33,12 @@ class VideoStage(latents.LatentStage):
 
   def init_params(self, rng, batch):
     ae_key, unet_key = jax.random.split(rng)
-    ae_params = latents.init_autoencoder_params(self.autoencoder, ae_key, batch['video'].shape[2])
+    ae_params = latents.init_autoencoder_params(self.autoencoder, ae_key,
+                                                self.config.data.image_size)
     scale = jnp.asarray(self.autoencoder.config.scaling_factor, jnp.float32)
-    z = latents.encode_video(self.autoencoder, dict(autoencoder=ae_params, latent_scale=scale),
-                            batch['video'][:1], None)
+    first = {key: value[:1] for key, value in batch.items()}
+    z = latents.batch_latents(self.autoencoder, dict(autoencoder=ae_params, latent_scale=scale),
+                              first, None)
     unet_params = self.unet.init(
         unet_key, z, jnp.zeros((1,), jnp.int32), class_labels=jnp.zeros((1,), jnp.int32),
         context_latents=z, context_mask=jnp.zeros(z.shape[:2]))['params']
@@ -54,7 +56,7 @@ class VideoStage(latents.LatentStage):
   def loss_fn(self, params, batch, rng, step):
     del step
     enc_key, noise_key, drop_key, mask_key = jax.random.split(rng, 4)
-    z0 = latents.encode_video(self.autoencoder, params, batch['video'], enc_key)
+    z0 = latents.batch_latents(self.autoencoder, params, batch, enc_key)  # Pixels or cache.
     b, f = z0.shape[:2]
     labels = denoising.drop_labels(drop_key, denoising.class_labels(batch),
                                 self.config.model.label_dropout,
@@ -74,8 +76,8 @@ class VideoStage(latents.LatentStage):
 
   def sample(self, params, batch, rng):
     """Continues each eval clip from its first `config.sampling.num_context` frames."""
-    video = batch['video']
-    z0 = latents.encode_video(self.autoencoder, params, video, None)
+    z0 = latents.batch_latents(self.autoencoder, params, batch, None)
+    video = batch['video'] if 'video' in batch else self.decode(params, z0)  # Cached: decoded.
     b, f = z0.shape[:2]
     mask = denoising.leading_frames_mask(
         jnp.full((b,), self.config.sampling.num_context), f)

@@ -56,13 +56,20 @@ def flat_config(config: ml_collections.ConfigDict | dict) -> dict:
 
 def config_changes(saved: ml_collections.ConfigDict,
                    new: ml_collections.ConfigDict) -> list[tuple[str, object, object]]:
-  """(key, old, new) for every leaf that differs; a missing leaf reads as '<absent>'."""
+  """(key, old, new) for every leaf that differs; a missing leaf reads as '<absent>'.
+
+  `saved` may have been upgraded (`checkpoints.ADDED_FIELDS`): a field one side
+  lacks and the other holds at its added default is not a change.
+  """
   old_flat, new_flat = flat_config(saved), flat_config(new)
+  added = {dotted: value for dotted, value, _ in checkpoints.ADDED_FIELDS}
   changes = []
   for key in sorted(set(old_flat) | set(new_flat)):
     old, value = old_flat.get(key, '<absent>'), new_flat.get(key, '<absent>')
-    if old != value:
-      changes.append((key, old, value))
+    unchanged_addition = key in added and '<absent>' in (old, value) and added[key] in (old, value)
+    if old == value or unchanged_addition:  # An added field at its old meaning: no change.
+      continue
+    changes.append((key, old, value))
   return changes
 
 

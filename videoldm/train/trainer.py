@@ -50,6 +50,7 @@ from videoldm import checkpoints
 from videoldm import distributed
 from videoldm import outputs
 from videoldm import stages
+from videoldm.data import latent_cache
 from videoldm.data import pipeline
 from videoldm.evaluation import hook
 from videoldm.train import checkpointing
@@ -122,6 +123,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dataset_fn: DatasetF
   dataset_fn = dataset_fn or pipeline.make_dataset
   check_batch_size(config.batch_size, jax.device_count())
   stage = stages.get_stage(config.stage)(config)
+  if config.data.cache_dir:  # Cached encoder outputs must come from this model's encoders.
+    latent_cache.check_settings(latent_cache.read_metadata(config.data.cache_dir), config,
+                                config.data.cache_dir, latent_cache.MODEL_KEYS)
   writer = writers.create_writer(workdir)
   cleanup.callback(writer.flush)
   log_every = config.log_every
