@@ -76,8 +76,9 @@ def get_builder(data_config: ml_collections.ConfigDict):
 
 
 def model_example(clip: np.ndarray, frame_stride: int, element: dict) -> dict:
-  """A uint8 clip and its record's fields as the model's example (see module docstring)."""
-  out = {'video': clip.astype(np.float32) / 127.5 - 1.0, 'frame_stride': np.int32(frame_stride)}
+  """A uint8 clip and its record's fields as an example; `video` stays uint8 until batched
+  (a quarter of the bytes through grain's buffers and worker processes)."""
+  out = {'video': np.asarray(clip, np.uint8), 'frame_stride': np.int32(frame_stride)}
   if 'fps' in element:
     out['fps'] = np.float32(element['fps']) / np.float32(frame_stride)
   for key in ('labels', 'label'):
@@ -181,6 +182,8 @@ class DataIterator:
     self.skipped_clips += sum(int(e.pop('skipped_clips', 0)) for e in examples)
     batch = {key: np.stack([e[key] for e in examples])
              for key in examples[0] if key != 'caption_text'}
+    if 'video' in batch:
+      batch['video'] = batch['video'].astype(np.float32) / 127.5 - 1.0  # uint8 -> [-1, 1].
     if 'caption_text' in examples[0]:
       texts = [e['caption_text'] for e in examples]
       batch['caption_text'] = np.array(texts, dtype=object)
@@ -269,15 +272,20 @@ def make_dataset(data_config: ml_collections.ConfigDict, split: str,
     raise ValueError(f'Split {split!r} has {len(source)} examples x '
                      f'{num_epochs} epochs, fewer than one global batch of '
                      f'{global_batch_size}.')
+  local_batch = global_batch_size // process_count
+  # Decoded clips are large: read ahead two batches (grain's default is 500 examples).
+  read_options = grain.ReadOptions(num_threads=min(16, 2 * local_batch),
+                                   prefetch_buffer_size=2 * local_batch)
   loader = grain.DataLoader(
       data_source=source,
       sampler=BlockSampler(sampler, global_batch_size, process_count),
       operations=[operation],
       worker_count=data_config.num_workers,
+      read_options=read_options,
       shard_options=grain.ShardOptions(shard_index=process_index,
                                        shard_count=process_count,
                                        drop_remainder=True))
-  return DataIterator(loader, global_batch_size // process_count, tokenize_fn)
+  return DataIterator(loader, local_batch, tokenize_fn)
 
 
 def tfds_source(data_config: ml_collections.ConfigDict, split: str):
