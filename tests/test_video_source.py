@@ -119,6 +119,15 @@ def test_alpha_is_composited_over_black(folder):
   os.remove(folder / 'alpha_again.gif')
 
 
+def test_a_grayscale_stream_becomes_three_equal_channels(tmp_path):
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  gray = (np.arange(10)[:, None, None] * 20 + np.zeros((10, 24, 32))).astype(np.uint8)
+  path = str(tmp_path / 'gray.mkv')
+  iio.imwrite(path, gray, fps=8, codec='ffv1', pixelformat='gray', macro_block_size=1)
+  clip = video_decode.decode_clip(path, 1, 3, 3, 24, 32)
+  np.testing.assert_array_equal(clip, np.repeat(gray[1:8:3, ..., None], 3, axis=-1))
+
+
 def test_a_source_without_usable_clips_is_one_error(tmp_path):
   (tmp_path / 'only').mkdir()
   (tmp_path / 'only' / 'empty.mp4').write_bytes(b'')

@@ -126,23 +126,26 @@ def write_cache(config: ml_collections.ConfigDict, out: str, batch_size: int = 0
   return count
 
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).',
-                                lock_config=True)
-flags.DEFINE_string('out', None, 'Folder for the cache (refused if non-empty, unless '
-                    '--overwrite).')
-flags.DEFINE_integer('batch_size', 0, 'Clips per global batch (0: config.batch_size).')
-flags.DEFINE_enum('dtype', 'float16', DTYPES, 'Storage dtype of the cached arrays.')
-flags.DEFINE_bool('overwrite', False, 'Replace an existing cache at --out.')
-flags.mark_flags_as_required(['config', 'out'])
+def define_flags() -> None:
+  """The CLI flags (defined only when run as a program, so imports add no global flags)."""
+  config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).',
+                                  lock_config=True)
+  flags.DEFINE_string('out', None, 'Folder for the cache (refused if non-empty, unless '
+                      '--overwrite).')
+  flags.DEFINE_integer('batch_size', 0, 'Clips per global batch (0: config.batch_size).')
+  flags.DEFINE_enum('dtype', 'float16', DTYPES, 'Storage dtype of the cached arrays.')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing cache at --out.')
+  flags.mark_flags_as_required(['config', 'out'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   logs.quiet_libraries()
-  write_cache(FLAGS.config, FLAGS.out, FLAGS.batch_size, FLAGS.dtype, FLAGS.overwrite)
+  f = flags.FLAGS
+  write_cache(f.config, f.out, f.batch_size, f.dtype, f.overwrite)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
