@@ -15,9 +15,14 @@ Launch (convert the SD weights once, then train):
     --out=/models/sd15/videoldm_params.safetensors
   python -m videoldm.main \
     --config=configs/sd_video.py:sd_path=/models/sd15,video_dir=/data/webvid \
-    --workdir=/tmp/videoldm/sd_video
-  python -m videoldm.sample --workdir=<run with video/ = the workdir above> \
-    --text="a bear walking in the snow" --interpolation_passes=0
+    --workdir=/tmp/sd_run/video
+  python -m videoldm.main --workdir=/tmp/sd_run/interpolation \
+    --config=configs/sd_video.py:stage=text_interpolation,sd_path=/models/sd15,video_dir=/data/webvid,init_workdir=/tmp/sd_run/video
+  python -m videoldm.sample --workdir=/tmp/sd_run \
+    --text="a bear walking in the snow" --interpolation_passes=1
+
+`stage=text_interpolation` trains the T -> 4T interpolation model (Sec. 3.3)
+on the same backbone, started from the key-frame run (`init_workdir=`).
 
 `runlocal` shrinks everything to a CPU minute on the tiny random SD folder
 that `videoldm.convert.tiny_sd.write_tiny_sd` writes (`sd_path=` it) and the
@@ -60,14 +65,21 @@ def backbone_configs(sd_path: str, sd_version: str) -> tuple:
           ml_collections.ConfigDict(dataclasses.asdict(text)))
 
 
+STAGES = ('text_video', 'text_interpolation')
+
+
 def get_config(arg=None):
-  """`arg`: sd_path=<folder>, sd_version=sd15|sd21, video_dir=<folder>, init_path=, runlocal."""
-  arg = config_utils.parse_arg(arg, sd_path='', sd_version='sd15', video_dir='',
-                               init_path='', runlocal=False)
+  """`arg`: stage=text_video|text_interpolation, sd_path=<folder>, sd_version=sd15|sd21,
+  video_dir=<folder or manifest>, init_path=, init_workdir=, runlocal."""
+  arg = config_utils.parse_arg(arg, stage='text_video', sd_path='', sd_version='sd15',
+                               video_dir='', init_path='', init_workdir='', runlocal=False)
   if arg.sd_version not in ('sd15', 'sd21'):
     raise ValueError(f"sd_version={arg.sd_version!r} is not 'sd15' or 'sd21'.")
+  if arg.stage not in STAGES:
+    raise ValueError(f'stage={arg.stage!r} is not one of {STAGES}.')
+  interpolating = arg.stage == 'text_interpolation'
   config = ml_collections.ConfigDict()
-  config.stage = 'text_video'
+  config.stage = arg.stage
   config.seed = 0
   config.total_steps = 100_000
   config.batch_size = 64
@@ -80,6 +92,9 @@ def get_config(arg=None):
       workdir='', path=arg.init_path or (os.path.join(arg.sd_path, 'videoldm_params.safetensors')
                                          if arg.sd_path else ''),
       exempt=(TEMPORAL,), ignore=(), use_ema=False)
+  if interpolating:  # From the key-frame run's EMA params; regime inputs start at zero.
+    config.init_from = dict(workdir=arg.init_workdir, path='', exempt=(TEMPORAL,), ignore=(),
+                            use_ema=True)
 
   config.mesh = dict(data=-1, fsdp=1)
   config.sharding = dict(rules=(('mlp', 'fsdp'), ('embed', None)))
@@ -98,6 +113,8 @@ def get_config(arg=None):
   config.data.source = arg.video_dir
   config.data.split, config.data.eval_split = 'train[:99%]', 'train[99%:]'
   config.data.num_frames, config.data.frame_stride = 16, 2
+  if interpolating:  # Windows of 17 frames (5 key frames) at window strides 4 and 1.
+    config.data.num_frames, config.data.frame_stride = 65, 1
   config.data.image_size, config.data.image_width = 320, 512  # = model.frame_size.
   config.data.num_workers = 8
 
@@ -105,6 +122,7 @@ def get_config(arg=None):
   unet.temporal = video_unet.temporal_config()
   unet.temporal.text_context = True
   unet.temporal.context_frames = True
+  unet.temporal.regime_conditioning = interpolating
   unet.temporal.conv_kernel_size = (3, 1, 1)
   unet.dtype = 'bfloat16'
   config.diffusion = dict(schedule='scaled_linear', num_train_steps=1000, beta_start=0.00085,
@@ -124,6 +142,10 @@ def get_config(arg=None):
   config.model.frame_size = (320, 512)  # (h, w) centre crop.
   config.model.caption_dropout = 0.1
   config.model.context_probs = (0.5, 0.25, 0.25)  # P(S = 0), P(S = 1), P(S = 2).
+  # text_interpolation: K key frames per window of 4 (K - 1) + 1 frames; the window's frame
+  # stride in regime 0 (T -> 4T) and 1 (4T -> 16T). Key frames sampled at data.frame_stride
+  # 4 (one pass) or 16 (two passes) match them.
+  config.model.interpolation = dict(num_key_frames=5, strides=(4, 1))
   config.model.calibrate_latent_scale = False  # SD's scaling_factor is kept.
   config.model.centre_latents = False  # SD's VAE is used as released.
   config.model.remat = 'blocks'  # '' or 'blocks'.
@@ -140,6 +162,10 @@ def get_config(arg=None):
     config.data = data_config.default_data_config()
     config.data.builder_config = 'tiny'
     config.data.num_frames, config.data.image_size = 4, 32
+    if interpolating:  # 2 key frames: windows of 5 frames, 17 source frames at stride 4.
+      config.data.builder_kwargs = dict(num_frames=17)
+      config.data.num_frames = 17
+      config.model.interpolation.num_key_frames = 2
     config.model.unet.temporal.conv_kernel_size = (3, 3, 3)
     config.model.unet.dtype = 'float32'
     config.sampling.num_steps = 2

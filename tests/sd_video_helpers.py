@@ -46,3 +46,17 @@ def tiny_run() -> TinyRun:
   run_dir = os.path.join(root, 'run')
   trainer.train_and_evaluate(config, os.path.join(run_dir, 'video'))
   return TinyRun(root, sd_path, run_dir, config)
+
+
+@functools.cache
+def tiny_interpolation_run() -> str:
+  """`tiny_run()` plus a few steps of `text_interpolation` from its key-frame stage; the
+  run folder (with `video/` and `interpolation/`)."""
+  run = tiny_run()
+  config = config_utils.override(
+      config_utils.load_config(os.path.join(
+          REPO, 'configs', f'sd_video.py:runlocal,stage=text_interpolation,sd_path={run.sd_path}')),
+      **{'data.data_dir': os.path.join(run.root, 'tfds'),
+         'init_from.workdir': os.path.join(run.run_dir, 'video'), 'total_steps': 2})
+  trainer.train_and_evaluate(config, os.path.join(run.run_dir, 'interpolation'))
+  return run.run_dir

@@ -16,7 +16,8 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 MOVING_DIGITS = str(CONFIGS / 'moving_digits.py')
 QUICKSTART = str(CONFIGS / 'moving_digits_quickstart.py')
 SD_VIDEO = str(CONFIGS / 'sd_video.py')
-SD_ARGS = ('', 'sd_version=sd21', 'video_dir=/data/videos', 'init_path=/models/p.safetensors')
+SD_ARGS = ('', 'sd_version=sd21', 'video_dir=/data/videos', 'init_path=/models/p.safetensors',
+           'stage=text_interpolation,init_workdir=/runs/sd/video')
 # The dataset builder's free-form kwargs: runlocal may swap the dataset, and with it their keys.
 BUILDER_KWARGS = ('data', 'builder_kwargs')
 
@@ -39,7 +40,8 @@ def full_specs(tiny_sd: str) -> list[str]:
   """`path[:arg]` of every shipped full-size config (add `runlocal` for the CPU-size one)."""
   specs = [f'{MOVING_DIGITS}:stage={stage}' for stage in stages.CHAIN]
   specs += [f'{QUICKSTART}:stage={stage}' for stage in stages.CHAIN]
-  specs += [f'{SD_VIDEO}:{arg}' for arg in SD_ARGS + (f'sd_path={tiny_sd}',)]
+  specs += [f'{SD_VIDEO}:{arg}' for arg in SD_ARGS + (
+      f'sd_path={tiny_sd}', f'stage=text_interpolation,sd_path={tiny_sd}')]
   return specs
 
 

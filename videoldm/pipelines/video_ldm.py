@@ -254,7 +254,7 @@ class VideoLDM:
           frames.extend([jnp.zeros_like(frame)] * (step - 1))
       stacked.append(jnp.stack(frames, axis=1))  # (b, 4 (k-1) + 1, h, w, c)
     batch = self.shard(jnp.concatenate(stacked, axis=0))  # (per_call b, L, h, w, c)
-    labels = self.shard(jnp.tile(self.labels, per_call))
+    labels = self.shard(jnp.concatenate([self.labels] * per_call, axis=0))  # Ids: (b, n).
     regimes = self.shard(jnp.full((per_call * b,), regime, jnp.int32))
     out = self.compiled('interpolate')(params, batch, labels, regimes,
                                        jax.random.fold_in(key, call))

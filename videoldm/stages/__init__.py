@@ -12,6 +12,7 @@ from videoldm.stages import autoencoder
 from videoldm.stages import decoder
 from videoldm.stages import image
 from videoldm.stages import interpolation
+from videoldm.stages import text_interpolation
 from videoldm.stages import text_video
 from videoldm.stages import upsampler
 from videoldm.stages import video
@@ -39,6 +40,8 @@ STAGES: dict[str, StageEntry] = {
                             init_from='upsampler_image'),
     # Stable Diffusion to video (paper Sec. 4.2); its spatial layers come from SD.
     'text_video': StageEntry(text_video.TextVideoStage, role='video'),
+    'text_interpolation': StageEntry(text_interpolation.TextInterpolationStage,
+                                     role='interpolation', init_from='text_video'),
 }
 CHAIN = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
          'upsampler')

@@ -33,19 +33,42 @@ def key_frame_mask(num_key_frames: int) -> jax.Array:
   return (jnp.arange(length) % UPSAMPLING == 0).astype(jnp.float32)
 
 
-def regime_windows(video: jax.Array, regime: jax.Array, strides, num_key_frames: int,
-                   offset_key: jax.Array) -> jax.Array:
+def regime_windows(frames: jax.Array, regime: jax.Array, strides, num_key_frames: int,
+                   offset_key: jax.Array, **others: jax.Array):
   """Per example, a window of `4 (K - 1) + 1` frames at the stride of its regime.
 
-  video: `(b, F, H, W, C)` loaded at stride 1; regime: `(b,)` int in {0, 1}.
+  frames: `(b, F, ...)` loaded at stride 1; regime: `(b,)` int in {0, 1}. Arrays in
+  `others` with the same leading `(b, F)` (e.g. cached latent posteriors) get the
+  same windows; then `(frames window, {name: window})` is returned.
   """
-  b, num_frames = video.shape[:2]
+  b, num_frames = frames.shape[:2]
   length = window_length(num_key_frames)
   stride = jnp.asarray(strides, jnp.int32)[regime]  # (b,)
   span = (length - 1) * stride + 1
   offset = jax.random.randint(offset_key, (b,), 0, num_frames - span + 1)
   index = offset[:, None] + jnp.arange(length)[None, :] * stride[:, None]  # (b, length)
-  return jnp.take_along_axis(video, index[:, :, None, None, None], axis=1)
+  take = lambda x: jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)),
+                                       axis=1)
+  if others:
+    return take(frames), {name: take(x) for name, x in others.items()}
+  return take(frames)
+
+
+def sample_windows(batch: dict, interp, key: jax.Array, regime: jax.Array | None = None):
+  """`(windows, regime, mask)`: the batch's per-frame entries (`video`, or the cached
+  `latent_mean`/`latent_logvar`) cut to windows, regimes (random unless given), key mask."""
+  regime_key, offset_key = jax.random.split(key)
+  frames = {name: batch[name] for name in ('video', 'latent_mean', 'latent_logvar')
+            if name in batch}
+  first = next(iter(frames.values()))
+  b = first.shape[0]
+  if regime is None:
+    regime = jax.random.bernoulli(regime_key, 0.5, (b,)).astype(jnp.int32)
+  _, windows = regime_windows(first, regime, interp.strides, interp.num_key_frames, offset_key,
+                              **frames)
+  mask = jnp.broadcast_to(key_frame_mask(interp.num_key_frames), first.shape[:1] + (
+      window_length(interp.num_key_frames),))
+  return windows, regime, mask
 
 
 def check_clip_length(num_frames: int, strides, num_key_frames: int) -> None:
@@ -72,15 +95,8 @@ class InterpolationStage(latents.LatentStage):
 
   def windows(self, batch, key, regime=None):
     """Windows `(b, 4 (K - 1) + 1, H, W, 3)`, their regimes (random unless given), mask."""
-    interp = self.config.model.interpolation
-    regime_key, offset_key = jax.random.split(key)
-    b = batch['video'].shape[0]
-    if regime is None:
-      regime = jax.random.bernoulli(regime_key, 0.5, (b,)).astype(jnp.int32)
-    video = regime_windows(batch['video'], regime, interp.strides, interp.num_key_frames,
-                           offset_key)
-    mask = jnp.broadcast_to(key_frame_mask(interp.num_key_frames), video.shape[:2])
-    return video, regime, mask
+    windows, regime, mask = sample_windows(batch, self.config.model.interpolation, key, regime)
+    return windows['video'], regime, mask
 
   def apply_unet(self, params, x, t, labels, context_latents, mask, regime):
     return self.unet.apply({'params': params['unet']}, x, t, class_labels=labels,

@@ -116,6 +116,8 @@ class TextVideoStage(video_stage.VideoStage):
     extra = {}
     if unet_cfg.temporal.context_frames:
       extra = dict(context_latents=z, context_mask=jnp.zeros(z.shape[:2]))
+    if unet_cfg.temporal.regime_conditioning:  # The interpolation regime (text_interpolation).
+      extra['regime'] = jnp.zeros((1,))
     context = jnp.zeros((1, self.text_length, unet_cfg.cross_attention_dim))
     unet_params = self.unet.init(unet_key, z, jnp.zeros((1,), jnp.int32), context=context,
                                  **extra)['params']
@@ -135,21 +137,26 @@ class TextVideoStage(video_stage.VideoStage):
     return {**super().cache_entries(params, batch),
             'text_context': self.encode_text(params, batch['caption'])}
 
-  def loss_fn(self, params, batch, rng, step):
-    del step
+  def training_text_context(self, params, batch, drop_key) -> tuple[jax.Array, jax.Array]:
+    """(CLIP context `(b, n, d)`, dropped `(b, 1)`): the caption's, or the empty prompt's with
+    probability `model.caption_dropout`; from the cache's `text_context` when present."""
     if 'caption' not in batch and 'text_context' not in batch:
-      raise ValueError(f'The text_video stage needs captions, but the batch has only '
+      raise ValueError(f'The {self.config.stage} stage needs captions, but the batch has only '
                        f'{sorted(batch)}; use a dataset with a caption feature.')
-    enc_key, noise_key, drop_key, mask_key = jax.random.split(rng, 4)
-    z0 = latents.batch_latents(self.autoencoder, params, batch, enc_key)  # Pixels or cache.
-    b, f = z0.shape[:2]
+    b = (batch['text_context'] if 'text_context' in batch else batch['caption']).shape[0]
     drop = jax.random.bernoulli(drop_key, self.config.model.caption_dropout, (b, 1))
     if 'text_context' in batch:  # Cached: the empty prompt's context where dropped.
       null = self.encode_text(params, jnp.asarray(self.null_ids(1)))
-      text_context = jnp.where(drop[:, :, None], null, batch['text_context'].astype(jnp.float32))
-    else:
-      ids = jnp.where(drop, jnp.asarray(self.null_ids(b)), batch['caption'])
-      text_context = self.encode_text(params, ids)
+      return jnp.where(drop[:, :, None], null, batch['text_context'].astype(jnp.float32)), drop
+    ids = jnp.where(drop, jnp.asarray(self.null_ids(b)), batch['caption'])
+    return self.encode_text(params, ids), drop
+
+  def loss_fn(self, params, batch, rng, step):
+    del step
+    enc_key, noise_key, drop_key, mask_key = jax.random.split(rng, 4)
+    z0 = latents.batch_latents(self.autoencoder, params, batch, enc_key)  # Pixels or cache.
+    b, f = z0.shape[:2]
+    text_context, drop = self.training_text_context(params, batch, drop_key)
     mask = jnp.zeros((b, f))
     if self.config.model.unet.temporal.context_frames:
       mask = self.context_mask(mask_key, b, f)
