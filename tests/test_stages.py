@@ -4,6 +4,7 @@ import os
 import re
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -113,6 +114,18 @@ def test_regime_windows_use_the_stride_of_each_regime():
   np.testing.assert_array_equal(windows[0, :, 0, 0, 0], [0, 4, 8, 12, 16])
   steps = np.diff(np.asarray(windows[1, :, 0, 0, 0]))
   np.testing.assert_array_equal(steps, [1, 1, 1, 1])
+
+
+def test_cached_posteriors_are_cut_to_the_windows_of_the_video():
+  frames = jnp.arange(17.0)[None, :, None, None, None] * jnp.ones((2, 17, 2, 2, 4))
+  batch = dict(video=frames[..., :3], latent_mean=frames, latent_logvar=-frames)
+  interp = ml_collections.ConfigDict(dict(num_key_frames=2, strides=(4, 1)))
+  windows, regime, mask = interpolation.sample_windows(batch, interp, jax.random.key(3))
+  np.testing.assert_array_equal(windows['latent_mean'][..., :3], windows['video'])
+  np.testing.assert_array_equal(windows['latent_logvar'], -windows['latent_mean'])
+  np.testing.assert_array_equal(mask[0], [1, 0, 0, 0, 1])
+  stride = np.diff(np.asarray(windows['video'][:, :, 0, 0, 0]), axis=1)[:, 0]
+  np.testing.assert_array_equal(stride, np.where(np.asarray(regime) == 0, 4, 1))
 
 
 def test_interpolation_clip_too_short_is_named():
