@@ -58,3 +58,18 @@ def test_text_interpolation_needs_regime_and_context_frames(models):
                                  **{'model.unet.temporal.regime_conditioning': False})
   with pytest.raises(ValueError, match='needs model.unet.temporal.regime_conditioning=True'):
     type(models['interpolation'].stage)(config)
+
+
+def test_the_safetensors_export_holds_both_text_stages(models, tmp_path):
+  from videoldm import export  # pylint: disable=g-import-not-at-top
+  from videoldm.pipelines import exported  # pylint: disable=g-import-not-at-top
+  run_dir = sd_video_helpers.tiny_interpolation_run()
+  out = export.export(run_dir, 'safetensors', str(tmp_path / 'x'))
+  loaded = exported.load_exported(out, ('video', 'interpolation'), required=('video',
+                                                                             'interpolation'))
+  for name, model in models.items():
+    assert type(loaded[name].stage) is type(model.stage)
+    want, got = (checkpoints.flat_params(m.params) for m in (model, loaded[name]))
+    assert sorted(got) == sorted(want)
+    for path, value in want.items():
+      np.testing.assert_array_equal(got[path], value, err_msg=path)
