@@ -21,9 +21,10 @@ def test_every_table_entry_is_a_stage_with_a_known_role_and_an_earlier_predecess
   for name, entry in stages.STAGES.items():
     assert issubclass(entry.cls, stages.Stage), name
     assert entry.role in stages.SAMPLING_ROLES + (None,), name
-    if entry.init_from:
-      assert stages.CHAIN.index(entry.init_from) < stages.CHAIN.index(name), name
-  assert set(stages.CHAIN) <= set(stages.STAGES)
+    if entry.init_from:  # Earlier in the chain (toy or text) the stage belongs to.
+      chain = next(chain for chain in (stages.CHAIN, stages.TEXT_CHAIN) if name in chain)
+      assert chain.index(entry.init_from) < chain.index(name), name
+  assert set(stages.CHAIN) | set(stages.TEXT_CHAIN) <= set(stages.STAGES)
   roles = {stages.STAGES[name].role for name in stages.CHAIN} - {None}
   assert roles == set(stages.SAMPLING_ROLES)  # The chain trains every role of the stack.
 

@@ -1,8 +1,9 @@
 """The stages of the system, in one table: name -> class, role, predecessor.
 
 `CHAIN` is the order in which the paper's Fig. 5 stack is trained (each stage
-started, with `init_from`, from `STAGES[name].init_from`); `SAMPLING_ROLES` is
-the order of the sampling stack. `register_stage` adds a stage defined
+started, with `init_from`, from `STAGES[name].init_from`), `TEXT_CHAIN` that of
+the Stable Diffusion text stack; `SAMPLING_ROLES` is the order of the sampling
+stack. `register_stage` adds a stage defined
 outside this package (e.g. a research variant) to the same table.
 """
 
@@ -45,6 +46,8 @@ STAGES: dict[str, StageEntry] = {
 }
 CHAIN = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
          'upsampler')
+# The Stable Diffusion text stack (Sec. 4.2) in training order; its spatial layers come from SD.
+TEXT_CHAIN = ('text_video', 'text_interpolation')
 SAMPLING_ROLES = ('image', 'video', 'interpolation', 'decoder', 'upsampler')
 
 
