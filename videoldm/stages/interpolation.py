@@ -71,6 +71,20 @@ def sample_windows(batch: dict, interp, key: jax.Array, regime: jax.Array | None
   return windows, regime, mask
 
 
+def guided_interpolation(stage, params, known, mask, cond, null, key, options, regime=None):
+  """`context_guided_sample` of an interpolation stage (`stage.apply_unet(..., regime)`),
+  each window's regime `(b,)` (default 0, T -> 4T) repeated over the guidance branches."""
+  if regime is None:
+    regime = jnp.zeros(known.shape[:1], jnp.int32)
+
+  def model_fn(x, t, c, context, m):
+    regimes = jnp.concatenate([regime] * (x.shape[0] // regime.shape[0]), axis=0)
+    return stage.apply_unet(params, x, t, c, context, m, regimes)
+
+  return sampling.context_guided_sample(model_fn, known, mask, cond, null, key, stage.schedule,
+                                        stage.config.diffusion.prediction_type, options)
+
+
 def check_clip_length(num_frames: int, strides, num_key_frames: int) -> None:
   needed = (window_length(num_key_frames) - 1) * max(strides) + 1
   if num_frames < needed:
@@ -135,16 +149,8 @@ class InterpolationStage(latents.LatentStage):
     Context guidance (Eq. 4) and label guidance, one model call per step;
     `regime` defaults to T -> 4T (0).
     """
-    if regime is None:
-      regime = jnp.zeros(cond.shape[:1], jnp.int32)
     null = jnp.full_like(cond, unet_lib.null_class_label(self.config.model.unet))
-
-    def model_fn(x, t, labels, context, m):
-      regimes = jnp.concatenate([regime] * (x.shape[0] // regime.shape[0]), axis=0)
-      return self.apply_unet(params, x, t, labels, context, m, regimes)
-
-    return sampling.context_guided_sample(model_fn, known, mask, cond, null, key, self.schedule,
-                                          self.config.diffusion.prediction_type, options)
+    return guided_interpolation(self, params, known, mask, cond, null, key, options, regime)
 
   def sample(self, params, batch, rng):
     """Interpolates the key frames of each eval window, in the T -> 4T regime."""

@@ -16,7 +16,6 @@ Param tree: as `text_video` (`autoencoder/`, `latent_scale`, `text_encoder/`,
 import jax
 import jax.numpy as jnp
 
-from videoldm.diffusion import sampling
 from videoldm.stages import denoising
 from videoldm.stages import interpolation
 from videoldm.stages import latents
@@ -62,17 +61,10 @@ class TextInterpolationStage(text_video.TextVideoStage):
     `cond`: token ids `(b, n)`; text and context guidance as `text_video`'s,
     one model call per step. `regime` defaults to T -> 4T (0).
     """
-    if regime is None:
-      regime = jnp.zeros(cond.shape[:1], jnp.int32)
     text = self.encode_text(params, cond)
     null = self.encode_text(params, jnp.asarray(self.null_ids(cond.shape[0])))
-
-    def model_fn(x, t, context, z, m):
-      regimes = jnp.concatenate([regime] * (x.shape[0] // regime.shape[0]), axis=0)
-      return self.apply_unet(params, x, t, context, z, m, regimes)
-
-    return sampling.context_guided_sample(model_fn, known, mask, text, null, key, self.schedule,
-                                          self.config.diffusion.prediction_type, options)
+    return interpolation.guided_interpolation(self, params, known, mask, text, null, key,
+                                              options, regime)
 
   def sample(self, params, batch, rng):
     """Interpolates the key frames of each eval window from its caption, in regime T -> 4T."""
