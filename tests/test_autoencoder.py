@@ -154,14 +154,36 @@ def test_bad_input_shape(pair):
     module.apply({'params': params}, np.zeros((2, 16, 16, 4), np.float32), method='encode')
 
 
-def test_parameter_count_matches_diffusers():
-  config = autoencoder.autoencoder_config('sd')
+@pytest.mark.parametrize('variant, count', [('sd', 83_653_863),
+                                            ('sd_x4_upscaler', 55_325_927)])
+def test_parameter_count_matches_diffusers(variant, count):
+  config = autoencoder.autoencoder_config(variant)
   shapes = convert.autoencoder_param_shapes(config)
   ours = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
   with torch.device('meta'):
     reference = diffusers.AutoencoderKL.from_config(
         autoencoder.autoencoder_config_to_diffusers(config))
-  assert ours == sum(p.numel() for p in reference.parameters()) == 83_653_863
+  assert ours == sum(p.numel() for p in reference.parameters()) == count
+
+
+def test_f4_autoencoder_matches_diffusers(image):
+  """The x4 upscaler's layout (three levels: f=4) encodes and decodes as diffusers does."""
+  config = dict(TINY, block_out_channels=(16, 32, 32), down_block_types=('DownEncoderBlock2D',) * 3,
+                up_block_types=('UpDecoderBlock2D',) * 3, scaling_factor=0.08333)
+  reference = ref.randomize_(diffusers.AutoencoderKL(**config), seed=1)
+  state = _torch_state(reference)
+  module, params = convert.autoencoder_from_diffusers(state, dict(reference.config))
+  assert module.config.downsampling_factor == 4
+  mean = jax.jit(lambda p, x: module.apply({'params': p}, x, method='encode').mean)(params, image)
+  decoded = jax.jit(lambda p, z: module.apply({'params': p}, z, method='decode'))(params, mean)
+  with torch.no_grad():
+    theirs_mean = reference.encode(_nchw(image)).latent_dist.mean
+    theirs_decoded = reference.decode(theirs_mean).sample
+  assert mean.shape == (2, 4, 4, 4)
+  assert _rel_err(mean, theirs_mean) < 1e-4 and _rel_err(decoded, theirs_decoded) < 1e-4
+  back = convert.autoencoder_to_diffusers(params, dict(reference.config))
+  assert sorted(back) == sorted(state)
+  assert all(np.array_equal(back[k], v) for k, v in state.items())
 
 
 class _ScaledResBlock(layers.ResBlock):

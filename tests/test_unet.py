@@ -29,6 +29,15 @@ SD2_TINY = dict(
     up_block_types=['CrossAttnUpBlock2D'] * 2, attention_head_dim=[2, 4],
     transformer_layers_per_block=[1, 2], cross_attention_dim=16, norm_num_groups=8,
     use_linear_projection=True)
+# SD-x4-upscaler-like: 7 input channels (latents + RGB), no attention on the first level,
+# `only_cross_attention` on some levels, the noise level as one of 1000 classes.
+UPSCALER_TINY = dict(
+    sample_size=16, in_channels=7, out_channels=4, block_out_channels=[32, 32, 64],
+    layers_per_block=1, down_block_types=['DownBlock2D'] + ['CrossAttnDownBlock2D'] * 2,
+    up_block_types=['CrossAttnUpBlock2D'] * 2 + ['UpBlock2D'], attention_head_dim=4,
+    cross_attention_dim=16, norm_num_groups=8, num_class_embeds=1000,
+    use_linear_projection=True, only_cross_attention=[True, True, False])
+CASES = dict(sd1=SD1_TINY, sd2=SD2_TINY, upscaler=UPSCALER_TINY)
 
 
 def _torch_unet(config, seed=0):
@@ -36,9 +45,9 @@ def _torch_unet(config, seed=0):
   return ref.randomize_(UNet2DConditionModel(**config), seed)
 
 
-@pytest.fixture(scope='module', params=['sd1', 'sd2'])
+@pytest.fixture(scope='module', params=sorted(CASES))
 def case(request):
-  config = SD1_TINY if request.param == 'sd1' else SD2_TINY
+  config = CASES[request.param]
   torch_model = _torch_unet(config)
   state_dict = ref.state_dict_numpy(torch_model)
   model, params = convert.unet_from_diffusers(state_dict, torch_model.config)
@@ -52,7 +61,7 @@ def test_unet_matches_diffusers(case):
   x = rng.standard_normal((2, 16, 16, config['in_channels'])).astype(np.float32)
   t = np.array([3.0, 742.0], np.float32)
   context = rng.standard_normal((2, 5, 16)).astype(np.float32)
-  labels = np.array([1, 4]) if config.get('num_class_embeds') else None
+  labels = np.array([1, config['num_class_embeds'] - 1]) if config.get('num_class_embeds') else None
   ours = jax.jit(model.apply)({'params': case['params']}, x, t, context, labels)
   with torch.no_grad():
     theirs = torch_model(ref.nchw(x), torch.from_numpy(t), torch.from_numpy(context),
@@ -90,7 +99,7 @@ def test_unsupported_diffusers_config_is_rejected():
     convert.unet_config_from_diffusers(dict(SD1_TINY, up_block_types=['UpBlock2D'] * 2))
 
 
-@pytest.mark.parametrize('variant', ['sd15', 'sd21'])
+@pytest.mark.parametrize('variant', ['sd15', 'sd21', 'sd_x4_upscaler'])
 def test_full_size_parameters_match_diffusers(variant):
   config = unet_lib.unet_config(variant)
   with torch.device('meta'):
@@ -99,10 +108,11 @@ def test_full_size_parameters_match_diffusers(variant):
   shapes = flax.traverse_util.flatten_dict(convert.unet_param_shapes(config))
   ours = {common.flax_path_to_torch_key(p): int(np.prod(s.shape)) for p, s in shapes.items()}
   assert ours == theirs
-  assert sum(ours.values()) == {'sd15': 859_520_964, 'sd21': 865_910_724}[variant]
+  assert sum(ours.values()) == {'sd15': 859_520_964, 'sd21': 865_910_724,
+                                'sd_x4_upscaler': 473_398_020}[variant]
 
 
-@pytest.mark.parametrize('variant', ['tiny', 'sd15', 'sd21'])
+@pytest.mark.parametrize('variant', ['tiny', 'sd15', 'sd21', 'sd_x4_upscaler'])
 def test_config_round_trips_through_diffusers(variant):
   config = unet_lib.unet_config(variant)
   back = convert.unet_config_from_diffusers(convert.unet_config_to_diffusers(config))

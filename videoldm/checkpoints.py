@@ -97,6 +97,8 @@ ADDED_FIELDS = (
     ('data.clip_stride', 0, 'data'),
     ('data.image_width', 0, 'data'),
     ('data.cache_dir', '', 'data'),
+    ('model.unet.only_cross_attention', (), 'model.unet'),
+    ('model.upsampler_unet.only_cross_attention', (), 'model.upsampler_unet'),
 )
 
 

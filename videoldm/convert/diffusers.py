@@ -25,7 +25,7 @@ _UNET_REQUIRED = {
     'downsample_padding': 1, 'dual_cross_attention': False,
     'encoder_hid_dim': None, 'encoder_hid_dim_type': None,
     'mid_block_scale_factor': 1, 'mid_block_type': 'UNetMidBlock2DCrossAttn',
-    'only_cross_attention': False, 'projection_class_embeddings_input_dim': None,
+    'projection_class_embeddings_input_dim': None,
     'resnet_out_scale_factor': 1.0, 'resnet_skip_time_act': False,
     'reverse_transformer_layers_per_block': None,
     'time_cond_proj_dim': None, 'time_embedding_act_fn': None,
@@ -41,6 +41,7 @@ _UNET_MAPPED = {
     'num_attention_heads', 'transformer_layers_per_block', 'cross_attention_dim',
     'use_linear_projection', 'num_class_embeds', 'flip_sin_to_cos', 'freq_shift',
     'norm_num_groups', 'norm_eps', 'dropout', 'resnet_time_scale_shift',
+    'only_cross_attention',
 }
 _DOWN_TYPES = {'CrossAttnDownBlock2D': True, 'DownBlock2D': False}
 _UP_TYPES = {'CrossAttnUpBlock2D': True, 'UpBlock2D': False}
@@ -107,6 +108,10 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any]) -> ml_collections.ConfigD
       norm_eps=float(cfg.get('norm_eps', 1e-5)),
       dropout=float(cfg.get('dropout', 0.0)),
       resnet_time_scale_shift=cfg.get('resnet_time_scale_shift', 'default')))
+  only_cross = cfg.get('only_cross_attention', False)  # A bool, or one per level.
+  if not isinstance(only_cross, (list, tuple)):
+    only_cross = (only_cross,) * levels
+  config.only_cross_attention = tuple(map(bool, only_cross)) if any(only_cross) else ()
   if cfg.get('num_class_embeds') is not None:
     config.num_class_embeds = cfg['num_class_embeds']
   unet_lib.validate_config(config)
@@ -139,7 +144,9 @@ def unet_config_to_diffusers(config: ml_collections.ConfigDict) -> dict[str, Any
       flip_sin_to_cos=config.flip_sin_to_cos, freq_shift=config.freq_shift,
       norm_num_groups=config.norm_num_groups, norm_eps=config.norm_eps,
       dropout=config.dropout,
-      resnet_time_scale_shift=config.get('resnet_time_scale_shift', 'default'))
+      resnet_time_scale_shift=config.get('resnet_time_scale_shift', 'default'),
+      # A list, so diffusers' mid block (which ignores it) is not told True.
+      only_cross_attention=list(unet_lib.only_cross_levels(config)))
 
 
 def unet_param_shapes(config: ml_collections.ConfigDict):

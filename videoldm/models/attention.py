@@ -152,7 +152,9 @@ class BasicTransformerBlock(nn.Module):
     `norm3`/`ff`: GEGLU feed-forward of width `dim` (= `c`).
   Without `cross_attention` there is no `norm2`/`attn2` (as diffusers with
   `cross_attention_dim=None`). With it and `context=None`, `attn2` attends to
-  `x` itself, as diffusers does.
+  `x` itself, as diffusers does. With `only_cross_attention` (diffusers' flag
+  of the same name, e.g. Stable Diffusion's x4 upscaler) `attn1` also attends
+  to the context instead of to the tokens.
   """
 
   dim: int
@@ -161,6 +163,7 @@ class BasicTransformerBlock(nn.Module):
   cross_attention: bool = True
   implementation: str | None = None
   dtype: jnp.dtype = jnp.float32
+  only_cross_attention: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
@@ -170,8 +173,12 @@ class BasicTransformerBlock(nn.Module):
     attention = lambda name: Attention(self.heads, self.dim_head,
                                        implementation=self.implementation,
                                        dtype=self.dtype, name=name)
-    sequences, packed = einops.pack([norm('norm1')(x)], '* s c')  # (b ..., s, c)
-    [attended] = einops.unpack(attention('attn1')(sequences), packed, '* s c')
+    if self.only_cross_attention:
+      queries, packed = einops.pack([norm('norm1')(x)], 'b * c')  # (b, n ..., c)
+      [attended] = einops.unpack(attention('attn1')(queries, context, mask), packed, 'b * c')
+    else:
+      sequences, packed = einops.pack([norm('norm1')(x)], '* s c')  # (b ..., s, c)
+      [attended] = einops.unpack(attention('attn1')(sequences), packed, '* s c')
     x = x + attended
     if self.cross_attention:
       # Each query attends to its example's context on its own, so flattening
@@ -187,6 +194,7 @@ class SpatialTransformer(nn.Module):
 
   `proj_in`/`proj_out` are 1x1 convolutions (SD 1.x) or Dense layers when
   `use_linear_projection` (SD 2.x); the output is added to the input.
+  `only_cross_attention`: see `BasicTransformerBlock`.
   """
 
   heads: int
@@ -197,6 +205,7 @@ class SpatialTransformer(nn.Module):
   norm_num_groups: int = 32
   implementation: str | None = None
   dtype: jnp.dtype = jnp.float32
+  only_cross_attention: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
@@ -214,6 +223,7 @@ class SpatialTransformer(nn.Module):
       hidden = BasicTransformerBlock(
           inner, self.heads, self.dim_head, cross_attention=self.cross_attention,
           implementation=self.implementation, dtype=self.dtype,
+          only_cross_attention=self.only_cross_attention,
           name=f'transformer_blocks_{index}')(hidden, context, mask)
     hidden = einops.rearrange(hidden, 'b (h w) c -> b h w c', h=h, w=w)
     return x + project(channels, 'proj_out')(hidden)

@@ -62,6 +62,9 @@ _VARIANTS = {
                  sample_size=32),
     # The Stable Diffusion 1.x / 2.x VAE (sample_size 768 for SD 2.1).
     'sd': dict(),
+    # Stable Diffusion's x4 upscaler: f=4 (three levels), latents scaled by 1/12.
+    'sd_x4_upscaler': dict(block_out_channels=(128, 256, 512), sample_size=256,
+                           scaling_factor=0.08333),
 }
 _DIFFUSERS_FIELDS = ('in_channels', 'out_channels', 'block_out_channels',
                      'layers_per_block', 'latent_channels', 'norm_num_groups',
@@ -73,7 +76,7 @@ _DIFFUSERS_FIXED = dict(act_fn='silu', shift_factor=None, latents_mean=None,
 
 
 def autoencoder_config(variant: str, **overrides) -> AutoencoderConfig:
-  """Config for 'tiny' or 'sd' (the SD 1.x / 2.x VAE), with field overrides."""
+  """Config for 'tiny', 'sd' (the SD 1.x / 2.x VAE) or 'sd_x4_upscaler', with overrides."""
   if variant not in _VARIANTS:
     raise ValueError(f'Autoencoder variant {variant!r} is not one of {sorted(_VARIANTS)}.')
   return AutoencoderConfig(**{**_VARIANTS[variant], **overrides})

@@ -27,7 +27,7 @@ PREDICTION_TYPES = ('eps', 'v', 'x0')
 
 
 def unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
-  """U-Net config for `variant` in {'tiny', 'sd15', 'sd21'}.
+  """U-Net config for `variant` in {'tiny', 'sd15', 'sd21', 'sd_x4_upscaler'}.
 
   Fields:
     in_channels: input channels (latent channels plus any concatenated
@@ -46,6 +46,9 @@ def unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
     cross_attention_dim: context feature size; None = self-attention only.
     use_linear_projection: Dense (SD 2.x) instead of 1x1 conv (SD 1.x)
       transformer projections.
+    only_cross_attention: per level, whether the transformers' first attention
+      also attends to the context instead of the image (diffusers' flag; SD's
+      x4 upscaler sets it on its upper levels); () = no level; never the mid block.
     num_class_embeds: None, or size of the class-label embedding table
       *including* a null class for classifier-free guidance, whose index is
       `num_class_embeds - 1` (`null_class_label`); labels of None use it.
@@ -64,12 +67,25 @@ def unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
       layers_per_block=1, attention_levels=(False, True),
       num_attention_heads=(2, 4), attention_head_dim=None,
       transformer_layers_per_block=(1, 1), cross_attention_dim=None,
-      use_linear_projection=False, num_class_embeds=None,
+      use_linear_projection=False, only_cross_attention=(), num_class_embeds=None,
       flip_sin_to_cos=True, freq_shift=0.0, norm_num_groups=8, norm_eps=1e-5,
       dropout=0.0, prediction_type='eps', attention_implementation=None,
       dtype='float32', resnet_time_scale_shift='default'))
   if variant == 'tiny':
     config.cross_attention_dim = 16
+  elif variant == 'sd_x4_upscaler':  # Stable Diffusion's x4 upscaler (latent f=4 + RGB in).
+    config.in_channels = 7
+    config.block_out_channels = (256, 512, 512, 1024)
+    config.layers_per_block = 2
+    config.attention_levels = (False, True, True, True)
+    config.num_attention_heads = (8, 8, 8, 8)
+    config.transformer_layers_per_block = (1, 1, 1, 1)
+    config.norm_num_groups = 32
+    config.cross_attention_dim = 1024
+    config.use_linear_projection = True
+    config.only_cross_attention = (True, True, True, False)
+    config.num_class_embeds = 1000  # The noise-augmentation level 0..999 (Eq. 5).
+    config.prediction_type = 'v'
   elif variant in ('sd15', 'sd21'):
     config.block_out_channels = (320, 640, 1280, 1280)
     config.layers_per_block = 2
@@ -85,7 +101,8 @@ def unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
       config.use_linear_projection = True
       config.prediction_type = 'v'
   else:
-    raise ValueError(f"U-Net variant {variant!r} is not one of 'tiny', 'sd15', 'sd21'.")
+    raise ValueError(f"U-Net variant {variant!r} is not one of 'tiny', 'sd15', 'sd21', "
+                     "'sd_x4_upscaler'.")
   return config
 
 
@@ -103,6 +120,13 @@ def per_level(value, levels: int, name: str) -> tuple:
     raise ValueError(f'U-Net config {name}={value!r} needs one entry per level '
                      f'({levels} levels).')
   return values
+
+
+def only_cross_levels(config: ml_collections.ConfigDict) -> tuple[bool, ...]:
+  """`only_cross_attention` per level; () (and configs saved before the key) mean none."""
+  value = tuple(config.get('only_cross_attention', ()))
+  levels = len(config.block_out_channels)
+  return per_level(value, levels, 'only_cross_attention') if value else (False,) * levels
 
 
 def level_heads(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -128,6 +152,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   levels = len(config.block_out_channels)
   per_level(config.attention_levels, levels, 'attention_levels')
   per_level(config.transformer_layers_per_block, levels, 'transformer_layers_per_block')
+  only_cross_levels(config)
   level_heads(config)
   for c in config.block_out_channels:
     if c % config.norm_num_groups:
@@ -178,6 +203,7 @@ class UNetLevel(nn.Module):
   heads: int
   depth: int
   options: BlockOptions
+  only_cross_attention: bool = False
 
   def make_layers(self):
     opts = self.options
@@ -189,7 +215,8 @@ class UNetLevel(nn.Module):
       self.attentions = [attention_lib.SpatialTransformer(
           self.heads, self.out_channels // self.heads, self.depth,
           opts.use_linear_projection, opts.cross_attention, opts.groups,
-          opts.implementation, opts.dtype) for _ in range(self.num_attention_layers)]
+          opts.implementation, opts.dtype, self.only_cross_attention)
+          for _ in range(self.num_attention_layers)]
 
   @property
   def num_attention_layers(self) -> int:
@@ -349,6 +376,7 @@ class UNet(nn.Module):
     attention = per_level(cfg.attention_levels, levels, 'attention_levels')
     depth = per_level(cfg.transformer_layers_per_block, levels,
                        'transformer_layers_per_block')
+    only_cross = only_cross_levels(cfg)
     if context is not None:
       context = context.astype(dtype)
     extras = level_extras or (None,) * levels
@@ -358,7 +386,7 @@ class UNet(nn.Module):
     for i in range(levels):
       h, block_skips = self.down_block_cls(
           channels[i], cfg.layers_per_block, attention[i], heads[i], depth[i],
-          options, add_downsample=i < levels - 1, name=f'down_blocks_{i}')(
+          options, only_cross[i], add_downsample=i < levels - 1, name=f'down_blocks_{i}')(
               h, temb, context, deterministic, extras[i])
       skips.extend(block_skips)
     h = self.mid_block_cls(channels[-1], 2, True, heads[-1], depth[-1], options,
@@ -369,7 +397,7 @@ class UNet(nn.Module):
       block_skips, skips = skips[-count:], skips[:-count]
       h = self.up_block_cls(
           channels[level], count, attention[level], heads[level], depth[level],
-          options, add_upsample=level > 0, name=f'up_blocks_{i}')(
+          options, only_cross[level], add_upsample=level > 0, name=f'up_blocks_{i}')(
               h, block_skips, temb, context, deterministic, extras[level])
     h = layers.group_norm(cfg.norm_num_groups, cfg.norm_eps, dtype, 'conv_norm_out')(h)
     return layers.conv3x3(cfg.out_channels, dtype, 'conv_out')(nn.silu(h))
