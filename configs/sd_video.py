@@ -48,51 +48,77 @@ from videoldm.models import video_unet
 TEMPORAL = params_lib.TEMPORAL_PATTERN
 
 
-def backbone_configs(sd_path: str, sd_version: str) -> tuple:
-  """(unet, autoencoder, text encoder) ConfigDicts, from `sd_path` when it exists."""
-  if sd_path and os.path.isdir(sd_path):
+def backbone_configs(path: str, variant: str) -> tuple:
+  """(unet, autoencoder, text encoder) ConfigDicts, from the pipeline folder `path` when it
+  exists, else the published layout of `variant` ('sd15', 'sd21' or 'sd_x4_upscaler')."""
+  if path and os.path.isdir(path):
     unet = diffusers_convert.unet_config_from_diffusers(
-        loaders.read_config(os.path.join(sd_path, 'unet')))
+        loaders.read_config(os.path.join(path, 'unet')))
     ae = autoencoder_lib.autoencoder_config_from_diffusers(
-        loaders.read_config(os.path.join(sd_path, 'vae')))
+        loaders.read_config(os.path.join(path, 'vae')))
     text = text_lib.clip_text_config_from_transformers(
-        loaders.read_config(os.path.join(sd_path, 'text_encoder')))
+        loaders.read_config(os.path.join(path, 'text_encoder')))
+  elif variant == 'sd_x4_upscaler':  # Its text encoder is SD 2's OpenCLIP.
+    unet = unet_lib.unet_config(variant)
+    ae = autoencoder_lib.autoencoder_config(variant)
+    text = text_lib.clip_text_config('sd21')
   else:  # The published layouts, so the config can be inspected before download.
-    unet = unet_lib.unet_config(sd_version)
+    unet = unet_lib.unet_config(variant)
     ae = autoencoder_lib.AutoencoderConfig()
-    text = text_lib.clip_text_config(sd_version)
+    text = text_lib.clip_text_config(variant)
   return (unet, ml_collections.ConfigDict(dataclasses.asdict(ae)),
           ml_collections.ConfigDict(dataclasses.asdict(text)))
 
 
-STAGES = ('text_video', 'text_interpolation')
+def params_file(folder: str) -> str:
+  """Where `python -m videoldm.convert.temporal_transfer` writes a folder's params."""
+  return os.path.join(folder, 'videoldm_params.safetensors') if folder else ''
+
+
+STAGES = ('text_image', 'text_video', 'text_interpolation', 'text_decoder', 'text_upsampler')
+# Sources of the spatial params: the SD folder's converted file, or the previous stage's run.
+SD_SPATIAL = ('text_image', 'text_decoder')
 
 
 def get_config(arg=None):
-  """`arg`: stage=text_video|text_interpolation, sd_path=<folder>, sd_version=sd15|sd21,
-  video_dir=<folder or manifest>, init_path=, init_workdir=, runlocal."""
+  """`arg`: stage=text_image|text_video|text_interpolation|text_decoder|text_upsampler,
+  sd_path=<folder>, sd_version=sd15|sd21, upscaler_path=<folder>, video_dir=<folder or
+  manifest>, init_path=, init_workdir=, runlocal."""
   arg = config_utils.parse_arg(arg, stage='text_video', sd_path='', sd_version='sd15',
-                               video_dir='', init_path='', init_workdir='', runlocal=False)
+                               upscaler_path='', video_dir='', init_path='', init_workdir='',
+                               runlocal=False)
   if arg.sd_version not in ('sd15', 'sd21'):
     raise ValueError(f"sd_version={arg.sd_version!r} is not 'sd15' or 'sd21'.")
   if arg.stage not in STAGES:
     raise ValueError(f'stage={arg.stage!r} is not one of {STAGES}.')
-  interpolating = arg.stage == 'text_interpolation'
+  stage = arg.stage
+  interpolating = stage == 'text_interpolation'
+  upsampling = stage == 'text_upsampler'
   config = ml_collections.ConfigDict()
-  config.stage = arg.stage
+  config.stage = stage
   config.seed = 0
   config.total_steps = 100_000
-  config.batch_size = 64
+  config.batch_size = {'text_decoder': 16, 'text_upsampler': 16}.get(stage, 64)
   # decay_steps 0: the cosine decay spans all total_steps. grad_clip 0 would turn clipping off.
   config.optimizer = dict(lr=1e-4, warmup_steps=1000, decay_steps=0, b1=0.9, b2=0.999,
                           weight_decay=0.0, grad_clip=1.0)
   config.ema_decay = 0.9999
-  config.trainable = r'^unet/.*' + TEMPORAL
-  config.init_from = dict(
-      workdir='', path=arg.init_path or (os.path.join(arg.sd_path, 'videoldm_params.safetensors')
-                                         if arg.sd_path else ''),
-      exempt=(TEMPORAL,), ignore=(), use_ema=False)
-  if interpolating:  # From the key-frame run's EMA params; regime inputs start at zero.
+  config.trainable = {
+      'text_image': r'^unet/',
+      'text_decoder': r'^(autoencoder/decoder/.*' + TEMPORAL + r'|discriminator/)',
+  }.get(stage, r'^unet/.*' + TEMPORAL)
+  # exempt: new params that keep their init; ignore: source params left behind.
+  source = params_file(arg.upscaler_path if upsampling else arg.sd_path)
+  config.init_from = dict(workdir='', path=arg.init_path or source, exempt=(TEMPORAL,),
+                          ignore=(), use_ema=False)
+  if stage == 'text_image':
+    config.init_from.exempt = ()
+  if stage == 'text_decoder':  # The SD VAE; the 3D discriminator is new.
+    config.init_from.exempt = (TEMPORAL, r'^discriminator/')
+    config.init_from.ignore = (r'^unet/', r'^text_encoder/', r'^latent_scale$')
+  if interpolating or (stage == 'text_video' and arg.init_workdir):
+    # From the previous stage's EMA params (text_video, or text_image's fine-tuned spatial
+    # layers); new params (temporal layers, regime inputs) start at their init.
     config.init_from = dict(workdir=arg.init_workdir, path='', exempt=(TEMPORAL,), ignore=(),
                             use_ema=True)
 
@@ -112,29 +138,36 @@ def get_config(arg=None):
   config.data.name = 'videos'  # Decoded on the fly from a folder or manifest.
   config.data.source = arg.video_dir
   config.data.split, config.data.eval_split = 'train[:99%]', 'train[99%:]'
-  config.data.num_frames, config.data.frame_stride = 16, 2
-  if interpolating:  # Windows of 17 frames (5 key frames) at window strides 4 and 1.
-    config.data.num_frames, config.data.frame_stride = 65, 1
+  # (frames, stride): key frames; interpolation windows of 17 frames (5 key frames) at window
+  # strides 4 and 1; the decoder and upsampler at the final frame rate; images for text_image.
+  config.data.num_frames, config.data.frame_stride = {
+      'text_image': (4, 8), 'text_video': (16, 2), 'text_interpolation': (65, 1),
+      'text_decoder': (8, 1), 'text_upsampler': (8, 1)}[stage]
   config.data.image_size, config.data.image_width = 320, 512  # = model.frame_size.
   config.data.num_workers = 8
 
-  unet, autoencoder, text_encoder = backbone_configs(arg.sd_path, arg.sd_version)
+  backbone = arg.upscaler_path if upsampling else arg.sd_path
+  unet, autoencoder, text_encoder = backbone_configs(
+      backbone, 'sd_x4_upscaler' if upsampling else arg.sd_version)
   unet.temporal = video_unet.temporal_config()
   unet.temporal.text_context = True
-  unet.temporal.context_frames = True
+  unet.temporal.context_frames = stage in ('text_video', 'text_interpolation')
   unet.temporal.regime_conditioning = interpolating
   unet.temporal.conv_kernel_size = (3, 1, 1)
   unet.dtype = 'bfloat16'
-  config.diffusion = dict(schedule='scaled_linear', num_train_steps=1000, beta_start=0.00085,
-                          beta_end=0.012, prediction_type=unet.prediction_type,
+  # SD's schedule; the x4 upscaler's (v-prediction, betas 1e-4..0.02, shared by its Eq. 5
+  # noise augmentation as in its two schedulers).
+  beta_start, beta_end = (0.0001, 0.02) if upsampling else (0.00085, 0.012)
+  config.diffusion = dict(schedule='scaled_linear', num_train_steps=1000, beta_start=beta_start,
+                          beta_end=beta_end, prediction_type=unet.prediction_type,
                           loss_weighting='none', min_snr_gamma=5.0)
   config.sampling = dict(num_steps=50, eta=0.0, timestep_spacing='trailing', steps_offset=0,
-                         set_alpha_to_one=True, guidance_scale=7.5, context_guidance=1.5,
-                         num_context=1)
+                         set_alpha_to_one=True, guidance_scale=9.0 if upsampling else 7.5,
+                         context_guidance=1.5, num_context=1, upsampler_noise_level=20)
 
   config.model = ml_collections.ConfigDict()
-  config.model.sd_path = arg.sd_path
-  config.model.tokenizer_path = os.path.join(arg.sd_path, 'tokenizer') if arg.sd_path else ''
+  config.model.sd_path = backbone
+  config.model.tokenizer_path = os.path.join(backbone, 'tokenizer') if backbone else ''
   config.model.unet = config_utils.typed_nones(unet)
   config.model.autoencoder = config_utils.typed_nones(autoencoder)
   config.model.text_encoder = config_utils.typed_nones(text_encoder)
@@ -151,6 +184,16 @@ def get_config(arg=None):
   config.model.remat = 'blocks'  # '' or 'blocks'.
   config.model.remat_policy = 'nothing_saveable'
   config.model.decode_chunk = 8  # Frames per VAE decoder call (0: all at once).
+  # text_decoder (Sec. 3.1.1): temporal layers in SD's VAE decoder against a 3D patch GAN.
+  config.model.temporal_decoder = dict(merge_strategy='learned_with_images', alpha=0.5,
+                                       kernel_size=(3, 1, 1), use_conv_out=True)
+  config.model.loss = dict(kl_weight=1e-6, disc_weight=0.5, disc_start=0, disc_loss='hinge',
+                           perceptual_weight=0.0)
+  config.model.discriminator = dict(base_channels=64, num_layers=3, norm='group', time_kernel=3)
+  # text_upsampler (Sec. 3.4): x4 from the key-frame size; patch_size 0 trains on whole frames
+  # (320x512 -> 80x128 latents); sampling runs the U-Net and decoder on `tile` latent pixels.
+  config.model.upsampler = dict(scale=4, max_noise_level=350, patch_size=0, tile=(128, 128),
+                                tile_overlap=32)
 
   if arg.runlocal:  # A CPU minute, on the captioned moving_digits tiny dataset.
     config.total_steps, config.batch_size = 3, 2
@@ -172,4 +215,9 @@ def get_config(arg=None):
     config.model.frame_size = (16, 32)
     config.model.remat = ''
     config.model.decode_chunk = 2
+    config.model.discriminator.update(base_channels=16, num_layers=2)
+    if stage in ('text_decoder', 'text_upsampler'):  # The whole 32x32 frame.
+      config.data.num_frames = 2 if upsampling else 4
+      config.model.frame_size = (32, 32)
+      config.model.upsampler.tile = (0, 0)
   return config

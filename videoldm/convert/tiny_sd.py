@@ -1,7 +1,10 @@
-"""A tiny random Stable Diffusion pipeline folder, for tests and CPU colabs.
+"""Tiny random Stable Diffusion pipeline folders, for tests and CPU colabs.
 
 `write_tiny_sd(path)` writes `unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
-`scheduler/` and `model_index.json` in the diffusers layout, with random
+`scheduler/` and `model_index.json` in the diffusers layout;
+`write_tiny_upscaler(path)` a `StableDiffusionUpscalePipeline` folder of the
+x4 upscaler's layout (a 7-channel U-Net with `only_cross_attention` and 1000
+noise-level classes, an f=4 VAE, plus `low_res_scheduler/`). Both hold random
 weights from diffusers / transformers PyTorch modules (every weight random,
 also the ones those libraries zero-initialise), and a tokenizer whose
 vocabulary is the 512 byte tokens plus a few merges. PyTorch, diffusers and
@@ -25,6 +28,23 @@ UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32
 VAE = dict(block_out_channels=[32, 32], down_block_types=['DownEncoderBlock2D'] * 2,
            up_block_types=['UpDecoderBlock2D'] * 2, layers_per_block=1, norm_num_groups=8,
            latent_channels=4, sample_size=32, scaling_factor=0.5)
+UPSCALER_UNET = dict(
+    sample_size=16, in_channels=7, out_channels=4, block_out_channels=[32, 32, 64],
+    layers_per_block=1, down_block_types=['DownBlock2D'] + ['CrossAttnDownBlock2D'] * 2,
+    up_block_types=['CrossAttnUpBlock2D'] * 2 + ['UpBlock2D'], attention_head_dim=4,
+    cross_attention_dim=32, norm_num_groups=8, num_class_embeds=1000,
+    use_linear_projection=True, only_cross_attention=[True, True, False])
+UPSCALER_VAE = dict(block_out_channels=[16, 32, 32], down_block_types=['DownEncoderBlock2D'] * 3,
+                    up_block_types=['UpDecoderBlock2D'] * 3, layers_per_block=1,
+                    norm_num_groups=8, latent_channels=4, sample_size=32, scaling_factor=0.08333)
+# The published upscaler's schedulers: v-prediction, betas 1e-4..0.02 for both.
+UPSCALER_SCHEDULER = dict(_class_name='DDIMScheduler', beta_start=0.0001, beta_end=0.02,
+                          beta_schedule='scaled_linear', num_train_timesteps=1000,
+                          prediction_type='v_prediction', set_alpha_to_one=False,
+                          steps_offset=1, clip_sample=False)
+UPSCALER_LOW_RES_SCHEDULER = dict(_class_name='DDPMScheduler', beta_start=0.0001, beta_end=0.02,
+                                  beta_schedule='scaled_linear', num_train_timesteps=1000,
+                                  clip_sample=False, variance_type='fixed_small')
 SCHEDULER = dict(_class_name='DDIMScheduler', beta_start=0.00085, beta_end=0.012,
                  beta_schedule='scaled_linear', num_train_timesteps=1000,
                  prediction_type='epsilon', set_alpha_to_one=False, steps_offset=1,
@@ -67,30 +87,56 @@ def randomize_(module, seed: int = 0):
   return module.eval()
 
 
-def write_tiny_sd(path: str, seed: int = 0) -> str:
-  """Writes the tiny pipeline folder at `path` (created) and returns `path`."""
-  import diffusers  # pylint: disable=g-import-not-at-top
+def _write_json(path: str, value: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(value, f)
+
+
+def _write_text_encoder(path: str, seed: int) -> None:
+  """A tiny random CLIP text encoder and its tokenizer under `path`."""
   import transformers  # pylint: disable=g-import-not-at-top
-  os.makedirs(path, exist_ok=True)
   text_config = transformers.CLIPTextConfig(
       vocab_size=len(tokenizer_vocab()), hidden_size=32, intermediate_size=64,
       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
       bos_token_id=0, eos_token_id=2, pad_token_id=1, projection_dim=32)
+  randomize_(transformers.CLIPTextModel(text_config), seed).save_pretrained(
+      os.path.join(path, 'text_encoder'))
+  write_tokenizer(os.path.join(path, 'tokenizer'))
+
+
+def write_tiny_sd(path: str, seed: int = 0) -> str:
+  """Writes the tiny pipeline folder at `path` (created) and returns `path`."""
+  import diffusers  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
   randomize_(diffusers.UNet2DConditionModel(**UNET), seed).save_pretrained(
       os.path.join(path, 'unet'))
   randomize_(diffusers.AutoencoderKL(**VAE), seed + 1).save_pretrained(
       os.path.join(path, 'vae'))
-  randomize_(transformers.CLIPTextModel(text_config), seed + 2).save_pretrained(
-      os.path.join(path, 'text_encoder'))
-  write_tokenizer(os.path.join(path, 'tokenizer'))
-  os.makedirs(os.path.join(path, 'scheduler'), exist_ok=True)
-  with open(os.path.join(path, 'scheduler', 'scheduler_config.json'), 'w') as f:
-    json.dump(SCHEDULER, f)
-  with open(os.path.join(path, 'model_index.json'), 'w') as f:
-    json.dump(dict(_class_name='StableDiffusionPipeline',
-                   unet=['diffusers', 'UNet2DConditionModel'],
-                   vae=['diffusers', 'AutoencoderKL'],
-                   text_encoder=['transformers', 'CLIPTextModel'],
-                   tokenizer=['transformers', 'CLIPTokenizer'],
-                   scheduler=['diffusers', 'DDIMScheduler']), f)
+  _write_text_encoder(path, seed + 2)
+  _write_json(os.path.join(path, 'scheduler', 'scheduler_config.json'), SCHEDULER)
+  _write_json(os.path.join(path, 'model_index.json'), dict(
+      _class_name='StableDiffusionPipeline', unet=['diffusers', 'UNet2DConditionModel'],
+      vae=['diffusers', 'AutoencoderKL'], text_encoder=['transformers', 'CLIPTextModel'],
+      tokenizer=['transformers', 'CLIPTokenizer'], scheduler=['diffusers', 'DDIMScheduler']))
+  return path
+
+
+def write_tiny_upscaler(path: str, seed: int = 10) -> str:
+  """Writes the tiny x4 upscaler pipeline folder at `path` (created) and returns `path`."""
+  import diffusers  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  randomize_(diffusers.UNet2DConditionModel(**UPSCALER_UNET), seed).save_pretrained(
+      os.path.join(path, 'unet'))
+  randomize_(diffusers.AutoencoderKL(**UPSCALER_VAE), seed + 1).save_pretrained(
+      os.path.join(path, 'vae'))
+  _write_text_encoder(path, seed + 2)
+  _write_json(os.path.join(path, 'scheduler', 'scheduler_config.json'), UPSCALER_SCHEDULER)
+  _write_json(os.path.join(path, 'low_res_scheduler', 'scheduler_config.json'),
+              UPSCALER_LOW_RES_SCHEDULER)
+  _write_json(os.path.join(path, 'model_index.json'), dict(
+      _class_name='StableDiffusionUpscalePipeline', max_noise_level=350,
+      unet=['diffusers', 'UNet2DConditionModel'], vae=['diffusers', 'AutoencoderKL'],
+      text_encoder=['transformers', 'CLIPTextModel'], tokenizer=['transformers', 'CLIPTokenizer'],
+      scheduler=['diffusers', 'DDIMScheduler'], low_res_scheduler=['diffusers', 'DDPMScheduler']))
   return path

@@ -31,7 +31,7 @@ def generate(run_dir: str, settings: video_ldm.Settings, out: str, fps: float,
 
   Text prompts need only the (text) video stage. `spatial_from` (an SD folder,
   export folder, workdir or params file) replaces the spatial params of the
-  image and video stages, keeping the trained temporal layers (paper Sec. 4.2.1).
+  image, video and interpolation stages, keeping the trained temporal layers (Sec. 4.2.1).
   Existing outputs are refused unless `overwrite` (checked before any loading).
   """
   writer.check_outputs(out, gif, overwrite)
@@ -41,7 +41,7 @@ def generate(run_dir: str, settings: video_ldm.Settings, out: str, fps: float,
     from videoldm.convert import temporal_transfer  # pylint: disable=g-import-not-at-top
     from videoldm.pipelines import exported  # pylint: disable=g-import-not-at-top
     spatial = exported.read_spatial_params(spatial_from)
-    for name in ('image', 'video'):
+    for name in ('image', 'video', 'interpolation'):  # The stages on the image backbone.
       if name in models:
         models[name] = video_ldm.Model(
             models[name].stage, temporal_transfer.transfer_temporal(models[name].params, spatial))

@@ -291,13 +291,23 @@ class VideoLDM:
 
   def _upsample_fn(self):
     stage, options = self.models['upsampler'].stage, self.options['upsampler']
-    return jax.jit(lambda params, frames, key: stage.upsample(params, frames, key, options))
+    if stage.text_conditioned:  # The upsampler's own tokenizer and text encoder.
+      return jax.jit(lambda params, frames, key, ids: stage.upsample(params, frames, key,
+                                                                     options, ids))
+    return jax.jit(lambda params, frames, key, ids: stage.upsample(params, frames, key, options))
 
   def upsample(self, frames: Iterator[jax.Array], key: jax.Array) -> Iterator[jax.Array]:
-    params = self.models['upsampler'].params
+    """x4 over windows of `settings.upsample_window` frames (with the prompts in text mode)."""
+    model = self.models['upsampler']
+    ids = None
+    if model.stage.text_conditioned:
+      if not self.text_mode:
+        raise ValueError(f'The upsampler stage {model.stage.config.stage!r} is text-conditioned; '
+                         'expected text prompts, not labels.')
+      ids = self.shard(jnp.asarray(model.stage.tokenize(self.settings.prompts), jnp.int32))
     counter = itertools.count()
-    fn = lambda x: self.compiled('upsample')(params, self.shard(jnp.clip(x, -1, 1)),
-                                             jax.random.fold_in(key, next(counter)))
+    fn = lambda x: self.compiled('upsample')(model.params, self.shard(jnp.clip(x, -1, 1)),
+                                             jax.random.fold_in(key, next(counter)), ids)
     return streams.chunked(frames, self.settings.upsample_window, fn)
 
   # ------------------------------------------------------------------ all

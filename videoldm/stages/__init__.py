@@ -13,7 +13,9 @@ from videoldm.stages import autoencoder
 from videoldm.stages import decoder
 from videoldm.stages import image
 from videoldm.stages import interpolation
+from videoldm.stages import text_image
 from videoldm.stages import text_interpolation
+from videoldm.stages import text_upsampler
 from videoldm.stages import text_video
 from videoldm.stages import upsampler
 from videoldm.stages import video
@@ -39,15 +41,21 @@ STAGES: dict[str, StageEntry] = {
     'upsampler_image': StageEntry(upsampler.ImageUpsamplerStage),
     'upsampler': StageEntry(upsampler.UpsamplerStage, role='upsampler',
                             init_from='upsampler_image'),
-    # Stable Diffusion to video (paper Sec. 4.2); its spatial layers come from SD.
-    'text_video': StageEntry(text_video.TextVideoStage, role='video'),
+    # Stable Diffusion to video (paper Sec. 4.2); spatial layers from SD and its x4 upscaler.
+    'text_image': StageEntry(text_image.TextImageStage),
+    'text_video': StageEntry(text_video.TextVideoStage, role='video', init_from='text_image'),
     'text_interpolation': StageEntry(text_interpolation.TextInterpolationStage,
                                      role='interpolation', init_from='text_video'),
+    'text_decoder': StageEntry(decoder.DecoderStage, role='decoder'),
+    'text_upsampler': StageEntry(text_upsampler.TextUpsamplerStage, role='upsampler'),
 }
 CHAIN = ('autoencoder', 'image', 'video', 'interpolation', 'decoder', 'upsampler_image',
          'upsampler')
-# The Stable Diffusion text stack (Sec. 4.2) in training order; its spatial layers come from SD.
-TEXT_CHAIN = ('text_video', 'text_interpolation')
+# The Stable Diffusion text stack (Sec. 4.2) in training order; `text_image` (the optional
+# spatial fine-tune) starts it when chosen, and `text_video` then starts from it.
+TEXT_CHAIN = ('text_image', 'text_video', 'text_interpolation', 'text_decoder', 'text_upsampler')
+# Stages a chain trains only when asked (`videoldm.train_chain --stages`).
+OPTIONAL = ('text_image',)
 SAMPLING_ROLES = ('image', 'video', 'interpolation', 'decoder', 'upsampler')
 
 
@@ -77,5 +85,5 @@ def role_of(name: str) -> str:
   return role
 
 
-__all__ = ['CHAIN', 'SAMPLING_ROLES', 'STAGES', 'Stage', 'StageEntry', 'get_stage',
+__all__ = ['CHAIN', 'OPTIONAL', 'TEXT_CHAIN', 'SAMPLING_ROLES', 'STAGES', 'Stage', 'StageEntry', 'get_stage',
            'register_stage', 'role_of']
