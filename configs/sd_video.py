@@ -31,6 +31,7 @@ converted SD params are read from (default: `<sd_path>/videoldm_params.safetenso
 """
 
 import dataclasses
+import json
 import os
 
 import ml_collections
@@ -39,6 +40,7 @@ from videoldm import config_utils
 from videoldm.convert import diffusers as diffusers_convert
 from videoldm.convert import loaders
 from videoldm.data import data_config
+from videoldm.diffusion import parametrization
 from videoldm.models import autoencoder as autoencoder_lib
 from videoldm.models import text as text_lib
 from videoldm.models import unet as unet_lib
@@ -68,6 +70,25 @@ def backbone_configs(path: str, variant: str) -> tuple:
     text = text_lib.clip_text_config(variant)
   return (unet, ml_collections.ConfigDict(dataclasses.asdict(ae)),
           ml_collections.ConfigDict(dataclasses.asdict(text)))
+
+
+def diffusion_config(path: str, variant: str) -> ml_collections.ConfigDict:
+  """The training schedule of `path/scheduler/scheduler_config.json` when it exists, else
+  the published one of `variant` (SD: betas 0.00085..0.012; the x4 upscaler: 1e-4..0.02,
+  v-prediction, also its Eq. 5 noise augmentation's, as its two schedulers share betas)."""
+  upscaler = variant == 'sd_x4_upscaler'
+  values = dict(beta_schedule='scaled_linear', beta_start=0.0001 if upscaler else 0.00085,
+                beta_end=0.02 if upscaler else 0.012, num_train_timesteps=1000,
+                prediction_type='v' if variant in ('sd21', 'sd_x4_upscaler') else 'eps')
+  scheduler = os.path.join(path, 'scheduler', 'scheduler_config.json') if path else ''
+  if scheduler and os.path.isfile(scheduler):
+    with open(scheduler, encoding='utf-8') as f:
+      values.update({k: v for k, v in json.load(f).items() if k in values})
+  return ml_collections.ConfigDict(dict(
+      schedule=values['beta_schedule'], num_train_steps=values['num_train_timesteps'],
+      beta_start=values['beta_start'], beta_end=values['beta_end'],
+      prediction_type=parametrization.canonical_prediction_type(values['prediction_type']),
+      loss_weighting='none', min_snr_gamma=5.0))
 
 
 def params_file(folder: str) -> str:
@@ -155,12 +176,9 @@ def get_config(arg=None):
   unet.temporal.regime_conditioning = interpolating
   unet.temporal.conv_kernel_size = (3, 1, 1)
   unet.dtype = 'bfloat16'
-  # SD's schedule; the x4 upscaler's (v-prediction, betas 1e-4..0.02, shared by its Eq. 5
-  # noise augmentation as in its two schedulers).
-  beta_start, beta_end = (0.0001, 0.02) if upsampling else (0.00085, 0.012)
-  config.diffusion = dict(schedule='scaled_linear', num_train_steps=1000, beta_start=beta_start,
-                          beta_end=beta_end, prediction_type=unet.prediction_type,
-                          loss_weighting='none', min_snr_gamma=5.0)
+  config.diffusion = diffusion_config(backbone,
+                                      'sd_x4_upscaler' if upsampling else arg.sd_version)
+  unet.prediction_type = config.diffusion.prediction_type
   config.sampling = dict(num_steps=50, eta=0.0, timestep_spacing='trailing', steps_offset=0,
                          set_alpha_to_one=True, guidance_scale=9.0 if upsampling else 7.5,
                          context_guidance=1.5, num_context=1, upsampler_noise_level=20)

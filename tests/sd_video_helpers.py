@@ -60,3 +60,30 @@ def tiny_interpolation_run() -> str:
          'init_from.workdir': os.path.join(run.run_dir, 'video'), 'total_steps': 2})
   trainer.train_and_evaluate(config, os.path.join(run.run_dir, 'interpolation'))
   return run.run_dir
+
+
+@functools.cache
+def tiny_upscaler() -> str:
+  """The tiny random x4 upscaler folder, converted into its `init_from` params file."""
+  root = tempfile.mkdtemp(prefix='sd_upscaler_')
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
+  path = tiny_sd.write_tiny_upscaler(os.path.join(root, 'upscaler'))
+  temporal_transfer.convert_sd_pipeline(path, os.path.join(path, 'videoldm_params.safetensors'))
+  return path
+
+
+def chain_arg() -> str:
+  """The `configs/sd_video.py` argument of the tiny text stack."""
+  return f'runlocal,sd_path={tiny_run().sd_path},upscaler_path={tiny_upscaler()}'
+
+
+@functools.cache
+def tiny_chain_run() -> str:
+  """`tiny_interpolation_run()` completed by `chain.train_all` with the text stack's
+  `text_decoder` and `text_upsampler`; the run folder (video, interpolation, decoder,
+  upsampler)."""
+  from videoldm.train import chain  # pylint: disable=g-import-not-at-top
+  run_dir = tiny_interpolation_run()
+  chain.train_all(run_dir, os.path.join(REPO, 'configs', 'sd_video.py'), chain_arg(),
+                  stages=('text_decoder', 'text_upsampler'))
+  return run_dir
