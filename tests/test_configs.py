@@ -17,7 +17,8 @@ MOVING_DIGITS = str(CONFIGS / 'moving_digits.py')
 QUICKSTART = str(CONFIGS / 'moving_digits_quickstart.py')
 SD_VIDEO = str(CONFIGS / 'sd_video.py')
 SD_ARGS = ('', 'sd_version=sd21', 'video_dir=/data/videos', 'init_path=/models/p.safetensors',
-           'stage=text_interpolation,init_workdir=/runs/sd/video')
+           'stage=text_interpolation,init_workdir=/runs/sd/video', 'stage=text_image',
+           'stage=text_decoder', 'stage=text_upsampler,upscaler_path=/models/sd_x4_upscaler')
 # The dataset builder's free-form kwargs: runlocal may swap the dataset, and with it their keys.
 BUILDER_KWARGS = ('data', 'builder_kwargs')
 

@@ -175,3 +175,21 @@ def test_spatial_fine_tune_trains_the_unet_and_text_video_starts_from_it(tmp_pat
   assert kept and all(params_lib.is_temporal(path) for path in kept)
   merged = checkpoints.flat_params(merged)
   assert all(np.array_equal(merged[p], v) for p, v in image.items())
+
+
+@pytest.mark.parametrize('role', ['video', 'interpolation', 'decoder', 'upsampler'])
+def test_diffusers_export_round_trips_each_stage_with_its_temporal_layers(run_dir, models, role,
+                                                                         tmp_path):
+  from videoldm import export  # pylint: disable=g-import-not-at-top
+  from videoldm.pipelines import exported  # pylint: disable=g-import-not-at-top
+  out = export.export(run_dir, 'diffusers', str(tmp_path / role), stage=role)
+  assert sorted(os.listdir(out)) == sorted(
+      ['vae', 'temporal'] + ([] if role == 'decoder' else ['unet', 'text_encoder', 'tokenizer']))
+  loaded = exported.load_diffusers_export(out)
+  assert loaded.stage.config.stage == models[role].stage.config.stage
+  want = {p: v for p, v in checkpoints.flat_params(models[role].params).items()
+          if not p.startswith('discriminator/')}
+  got = checkpoints.flat_params(loaded.params)
+  assert sorted(got) == sorted(want)
+  for path, value in want.items():
+    np.testing.assert_array_equal(got[path], value, err_msg=path)

@@ -12,8 +12,10 @@ is any `--out` inside a run's checkpoint folder.
 
   safetensors  inference params (EMA where kept) of every stage + configs as
                JSON (+ the tokenizer), loadable by `videoldm.sample --workdir=<dir>`.
-  diffusers    the spatial U-Net, VAE and (text stages) CLIP text encoder and
-               tokenizer in diffusers / transformers layout, for PyTorch.
+  diffusers    one stage: the spatial U-Net, VAE and (text stages) CLIP text encoder
+               and tokenizer in diffusers / transformers layout, for PyTorch, and
+               its temporal layers in `temporal/` (`exported.TEMPORAL_FOLDER`);
+               `exported.load_diffusers_export` reads the stage back.
   stablehlo    `jax.export` of the jitted denoiser and one-window sampler with
                fixed shapes; `videoldm.pipelines.exported.load_stablehlo` runs them.
 """
@@ -109,18 +111,41 @@ def spatial_unet(unet_config: ml_collections.ConfigDict, unet_params) -> tuple:
   return config, flax.traverse_util.unflatten_dict(spatial, sep='/')
 
 
+def _spatial(params) -> dict:
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
+  return flax.traverse_util.unflatten_dict(
+      {k: v for k, v in flat.items() if not params_lib.is_temporal(k)}, sep='/')
+
+
+def export_temporal(model, out: str) -> None:
+  """`temporal/`: every temporal param (flat '/'-joined paths of the stage's param tree) and
+  the stage's config, beside the spatial folders."""
+  flat = {k: v for k, v in _flat_numpy(model.params).items() if params_lib.is_temporal(k)}
+  folder = os.path.join(out, exported.TEMPORAL_FOLDER)
+  os.makedirs(folder, exist_ok=True)
+  safetensors.numpy.save_file(flat, os.path.join(folder, exported.TEMPORAL_WEIGHTS))
+  with open(os.path.join(folder, 'config.json'), 'w', encoding='utf-8') as file:
+    json.dump(checkpoints.config_to_json_dict(model.stage.config), file, indent=1)
+
+
 def export_diffusers(model, out: str) -> str:
-  """Writes `unet/`, `vae/` and (text stages) `text_encoder/` + `tokenizer/` under `out`."""
+  """Writes `unet/` (U-Net stages), `vae/`, (text stages) `text_encoder/` + `tokenizer/` and
+  `temporal/` under `out`."""
   config, params = model.stage.config, model.params
-  unet_config, unet_params = spatial_unet(config.model.unet, params['unet'])
-  unet_dict = unet_convert.unet_config_to_diffusers(unet_config)
-  _save_folder(os.path.join(out, 'unet'), dict(_class_name='UNet2DConditionModel', **unet_dict),
-               unet_convert.unet_to_diffusers(unet_params, unet_dict), 'diffusion_pytorch_model')
-  ae_config = dataclasses.replace(model.stage.autoencoder.config,
-                                  scaling_factor=float(np.asarray(params['latent_scale'])))
+  if 'unet' in params:
+    unet_config, unet_params = spatial_unet(config.model.unet, params['unet'])
+    unet_dict = unet_convert.unet_config_to_diffusers(unet_config)
+    _save_folder(os.path.join(out, 'unet'), dict(_class_name='UNet2DConditionModel', **unet_dict),
+                 unet_convert.unet_to_diffusers(unet_params, unet_dict), 'diffusion_pytorch_model')
+  ae_config = model.stage.image_autoencoder.config if hasattr(
+      model.stage, 'image_autoencoder') else model.stage.autoencoder.config
+  if 'latent_scale' in params:
+    ae_config = dataclasses.replace(ae_config,
+                                    scaling_factor=float(np.asarray(params['latent_scale'])))
   _save_folder(os.path.join(out, 'vae'), autoencoder_lib.autoencoder_config_to_diffusers(ae_config),
-               diffusers_vae.autoencoder_to_diffusers(params['autoencoder'], ae_config),
+               diffusers_vae.autoencoder_to_diffusers(_spatial(params['autoencoder']), ae_config),
                'diffusion_pytorch_model')
+  export_temporal(model, out)
   if 'text_encoder' in params:
     text_config = model.stage.text_encoder.config
     _save_folder(os.path.join(out, 'text_encoder'),

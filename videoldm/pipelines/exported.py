@@ -28,6 +28,9 @@ from videoldm.convert import temporal_transfer
 from videoldm.pipelines import video_ldm
 
 MANIFEST = 'videoldm_export.json'
+# `--format=diffusers`: the temporal params and the stage config beside the diffusers folders.
+TEMPORAL_FOLDER = 'temporal'
+TEMPORAL_WEIGHTS = 'videoldm_temporal.safetensors'
 
 
 def is_exported(folder: str) -> bool:
@@ -72,6 +75,35 @@ def load_exported(folder: str, names, required=()) -> dict:
       raise FileNotFoundError(f'Export {folder!r} has no {name!r} stage; it has '
                               f'{sorted(available)}.')
   return {name: load_exported_stage(folder, name) for name in names if name in available}
+
+
+def load_diffusers_export(folder: str) -> video_ldm.Model:
+  """The stage of a `--format=diffusers` export: spatial params from its diffusers folders
+  (`unet/`, `vae/`, `text_encoder/`), temporal ones from `temporal/`; training-only params
+  (a discriminator) are not exported."""
+  from videoldm.convert import loaders  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(folder, TEMPORAL_FOLDER, 'config.json')
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f'{folder!r} is not a videoldm diffusers export: {config_path!r} '
+                            'is missing.')
+  with open(config_path, encoding='utf-8') as file:
+    config = checkpoints.upgrade_config(json.load(file))
+  tokenizer = os.path.join(folder, 'tokenizer')
+  if 'tokenizer_path' in config.model and os.path.isdir(tokenizer):
+    config.model.tokenizer_path = tokenizer
+  flat = dict(safetensors.numpy.load_file(os.path.join(folder, TEMPORAL_FOLDER, TEMPORAL_WEIGHTS)))
+  vae_module, vae_params = loaders.load_diffusers_folder(os.path.join(folder, 'vae'), 'vae')
+  parts = {'autoencoder': vae_params}
+  if os.path.isdir(os.path.join(folder, 'unet')):
+    parts['unet'] = loaders.load_diffusers_folder(os.path.join(folder, 'unet'), 'unet')[1]
+    flat['latent_scale'] = np.asarray(vae_module.config.scaling_factor, np.float32)
+  if os.path.isdir(os.path.join(folder, 'text_encoder')):
+    parts['text_encoder'] = loaders.load_clip_text_folder(os.path.join(folder, 'text_encoder'))[1]
+  for name, tree in parts.items():
+    flat.update({f'{name}/{path}': np.asarray(value)
+                 for path, value in checkpoints.flat_params(tree).items()})
+  stage = stages.get_stage(config.stage)(config)
+  return video_ldm.Model(stage, flax.traverse_util.unflatten_dict(flat, sep='/'))
 
 
 def read_spatial_params(location: str, use_ema: bool = True) -> dict:
