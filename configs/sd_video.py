@@ -1,33 +1,34 @@
-r"""Stable Diffusion -> text-to-video LDM (paper Sec. 4.2): temporal layers only.
+r"""Stable Diffusion -> text-to-video Video LDM (paper Sec. 4.2): the whole text stack.
 
 The spatial layers (U-Net, VAE, CLIP text encoder, tokenizer) come from an SD
-1.x / 2.x pipeline folder on disk and stay frozen; temporal layers (conv3d +
-temporal attention that also cross-attends to the text) are trained at 320x512
-on captioned video: a folder or a .csv/.jsonl manifest of video files
+1.x / 2.x pipeline folder (`sd_path=`) and SD's x4 upscaler folder
+(`upscaler_path=`) and stay frozen; temporal layers are trained at 320x512 on
+captioned video: a folder or a .csv/.jsonl manifest of video files
 (`video_dir=`, decoded on the fly; videoldm/data/video_index.py), or any TFDS
-video dataset with captions.
-The model is also a prediction model (S in {0, 1, 2} context frames), so the
-sampling stack extends videos window by window.
+video dataset with captions. `stage=`:
 
-Launch (convert the SD weights once, then train):
+  text_image          optional: SD's U-Net fine-tuned on frames as captioned images
+  text_video          key frames; also a prediction model (S in {0, 1, 2} context frames)
+  text_interpolation  T -> 4T (Sec. 3.3), from the key-frame run (`init_workdir=`)
+  text_decoder        temporal layers in SD's VAE decoder, 3D patch GAN (Sec. 3.1.1)
+  text_upsampler      temporal layers in the x4 upscaler, Eq. 5 noise augmentation (Sec. 3.4)
+
+Launch (convert each folder once, then train the chain in one run folder):
 
   python -m videoldm.convert.temporal_transfer --sd_path=/models/sd15 \
     --out=/models/sd15/videoldm_params.safetensors
-  python -m videoldm.main \
-    --config=configs/sd_video.py:sd_path=/models/sd15,video_dir=/data/webvid \
-    --workdir=/tmp/sd_run/video
-  python -m videoldm.main --workdir=/tmp/sd_run/interpolation \
-    --config=configs/sd_video.py:stage=text_interpolation,sd_path=/models/sd15,video_dir=/data/webvid,init_workdir=/tmp/sd_run/video
+  python -m videoldm.convert.temporal_transfer --sd_path=/models/sd_x4_upscaler \
+    --out=/models/sd_x4_upscaler/videoldm_params.safetensors
+  python -m videoldm.train_chain --workdir=/tmp/sd_run --config_file=configs/sd_video.py \
+    --config_arg=sd_path=/models/sd15,upscaler_path=/models/sd_x4_upscaler,video_dir=/data/webvid
   python -m videoldm.sample --workdir=/tmp/sd_run \
-    --text="a bear walking in the snow" --interpolation_passes=1
+    --text="a bear walking in the snow" --interpolation_passes=1 --upsample
 
-`stage=text_interpolation` trains the T -> 4T interpolation model (Sec. 3.3)
-on the same backbone, started from the key-frame run (`init_workdir=`).
-
-`runlocal` shrinks everything to a CPU minute on the tiny random SD folder
-that `videoldm.convert.tiny_sd.write_tiny_sd` writes (`sd_path=` it) and the
-captioned `moving_digits` tiny dataset. `init_path` overrides where the
-converted SD params are read from (default: `<sd_path>/videoldm_params.safetensors`).
+`runlocal` shrinks everything to a CPU minute per stage on the tiny random
+folders that `videoldm.convert.tiny_sd` writes (`write_tiny_sd`,
+`write_tiny_upscaler`) and the captioned `moving_digits` tiny dataset.
+`init_path` overrides where the converted params are read from (default:
+`<sd_path or upscaler_path>/videoldm_params.safetensors`).
 """
 
 import dataclasses
