@@ -1,4 +1,5 @@
-"""Fréchet distance vs SciPy, and the consistency metrics on real moving_digits clips."""
+"""Fréchet distance vs SciPy, the Inception score's identities, and the consistency metrics
+on real moving_digits clips."""
 
 import numpy as np
 import pytest
@@ -52,6 +53,18 @@ def test_flicker_is_zero_for_a_constant_offset_and_positive_for_noise():
   assert consistency.flicker(video + 0.2, video) < 1e-12
   noisy = video + np.random.default_rng(4).normal(scale=0.1, size=video.shape)
   assert consistency.flicker(noisy, video) > 0.05
+
+
+def test_inception_score_is_one_for_identical_and_the_class_count_for_confident_balanced():
+  rng = np.random.default_rng(5)
+  same = np.tile(rng.dirichlet(np.ones(7)), (40, 1))
+  assert metrics.inception_score(same)[0] == pytest.approx(1.0, abs=1e-9)
+  assert metrics.inception_score(np.full((30, 5), 0.2))[0] == pytest.approx(1.0, abs=1e-9)
+  confident = np.eye(6)[np.arange(60) % 6]
+  mean, std = metrics.inception_score(confident, splits=5)
+  assert mean == pytest.approx(6.0, abs=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+  with pytest.raises(ValueError, match='rows that sum to 1'):
+    metrics.inception_score(np.ones((4, 3)))
 
 
 SPEC = digits.DataSpec('single', (('num_frames', 32),), num_frames=8, frame_stride=4)

@@ -24,9 +24,9 @@ import sd_video_helpers
 
 
 def upsampler_stage(**overrides):
-  config = config_utils.load_config(os.path.join(
-      sd_video_helpers.REPO, 'configs',
-      f'sd_video.py:runlocal,stage=text_upsampler,upscaler_path={sd_video_helpers.tiny_upscaler()}'))
+  arg = f'runlocal,stage=text_upsampler,upscaler_path={sd_video_helpers.tiny_upscaler()}'
+  config = config_utils.load_config(
+      os.path.join(sd_video_helpers.REPO, 'configs', f'sd_video.py:{arg}'))
   config = config_utils.override(config, **overrides)
   return stages.get_stage('text_upsampler')(config)
 

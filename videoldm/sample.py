@@ -12,6 +12,11 @@ trained temporal layers on another image backbone (e.g. DreamBooth):
 
   python -m videoldm.sample --workdir=/tmp/sd_export --text="a sks dog running" \
       --interpolation_passes=0 --spatial_from=/models/sd15_dreambooth
+
+A text run trained by `videoldm.train_chain` also has `decoder/` (SD's VAE with a
+temporal decoder) and `upsampler/` (the x4 latent video upsampler, which
+tokenizes the prompts with its own text encoder): `--upsample` gives 4x the
+key-frame size.
 Writes the MP4 (and GIF with `--gif`) and `<out>_frames.png`, a contact sheet
 of every 4th frame, one row per video; existing files are kept unless `--overwrite`.
 """

@@ -3,8 +3,9 @@
 Needs a Hugging Face `CLIPModel` folder on disk (config + weights, e.g. a
 saved `openai/clip-vit-base-patch32`); the project has only the CLIP text
 tower in Flax, so this uses the transformers (PyTorch, CPU) implementation.
-Score: mean cosine similarity of each frame's image embedding with its clip's
-caption embedding, times 100 (the common CLIPSIM convention).
+Score: the mean raw cosine similarity of each frame's image embedding with its
+clip's caption embedding (CLIPSIM as the paper reports it, e.g. 0.2929 on
+MSR-VTT); `percent=True` gives it x100 (as some papers do), under its own name.
 """
 
 import os
@@ -13,8 +14,15 @@ import einops
 import numpy as np
 
 
-def clip_similarity(videos, captions, clip_dir: str, batch_size: int = 32) -> float:
-  """CLIPSIM of videos `(b, f, h, w, 3)` in [-1, 1] with their `b` captions."""
+def projected(features):
+  """The projected embeddings: transformers 5 returns them as the output's `pooler_output`."""
+  return getattr(features, 'pooler_output', features)
+
+
+def clip_similarity(videos, captions, clip_dir: str, batch_size: int = 32,
+                    percent: bool = False) -> float:
+  """CLIPSIM of videos `(b, f, h, w, 3)` in [-1, 1] with their `b` captions: the mean
+  cosine (x100 with `percent`)."""
   if not os.path.isfile(os.path.join(clip_dir, 'config.json')):
     raise FileNotFoundError(f'CLIP folder {clip_dir!r} has no config.json; CLIP similarity needs '
                             'a locally saved transformers CLIPModel (none can be downloaded).')
@@ -30,12 +38,12 @@ def clip_similarity(videos, captions, clip_dir: str, batch_size: int = 32) -> fl
   frames = list(np.clip(np.round(frames), 0, 255).astype(np.uint8))
   with torch.no_grad():
     text = processor(text=list(captions), return_tensors='pt', padding=True)
-    text_embeds = torch.nn.functional.normalize(model.get_text_features(**text), dim=-1)
+    text_embeds = torch.nn.functional.normalize(projected(model.get_text_features(**text)), dim=-1)
     image_embeds = []
     for start in range(0, len(frames), batch_size):
       pixels = processor(images=frames[start:start + batch_size], return_tensors='pt')
-      image_embeds.append(model.get_image_features(**pixels))
+      image_embeds.append(projected(model.get_image_features(**pixels)))
     image_embeds = torch.nn.functional.normalize(torch.cat(image_embeds), dim=-1)
   per_frame = einops.rearrange(image_embeds.numpy(), '(b f) d -> b f d', b=len(videos))
   cosine = np.einsum('bfd,bd->bf', per_frame, text_embeds.numpy())
-  return float(100.0 * cosine.mean())
+  return float((100.0 if percent else 1.0) * cosine.mean())

@@ -38,6 +38,26 @@ def fvd(extractor, generated, real) -> float:
                                   extractor.clip_features(real))
 
 
+def inception_score(probs, splits: int = 1) -> tuple[float, float]:
+  """IS = exp(E_x KL(p(y|x) || p(y))) of class probabilities `(n, classes)`: the mean and
+  standard deviation over `splits` equal parts (Salimans et al.; video IS applies it to a
+  clip classifier's outputs). 1 for identical predictions; the class count for confident,
+  balanced ones."""
+  probs = np.asarray(probs, np.float64)
+  if probs.ndim != 2 or len(probs) < splits or splits < 1:
+    raise ValueError(f'Inception score needs probabilities (n, classes) with n >= splits='
+                     f'{splits} >= 1, got shape {probs.shape}.')
+  if np.any(probs < 0) or not np.allclose(probs.sum(-1), 1.0, atol=1e-4):
+    raise ValueError('Inception score needs probabilities: non-negative rows that sum to 1.')
+  scores = []
+  for part in np.array_split(probs, splits):
+    marginal = part.mean(0, keepdims=True)
+    kl = np.sum(np.where(part > 0, part * (np.log(np.maximum(part, 1e-300))
+                                           - np.log(np.maximum(marginal, 1e-300))), 0.0), -1)
+    scores.append(float(np.exp(kl.mean())))
+  return float(np.mean(scores)), float(np.std(scores))
+
+
 def check_videos(videos, name: str) -> np.ndarray:
   videos = np.asarray(videos, np.float32)
   if videos.ndim != 5 or videos.shape[-1] != 3 or videos.shape[1] < 2:

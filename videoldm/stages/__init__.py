@@ -85,5 +85,5 @@ def role_of(name: str) -> str:
   return role
 
 
-__all__ = ['CHAIN', 'OPTIONAL', 'TEXT_CHAIN', 'SAMPLING_ROLES', 'STAGES', 'Stage', 'StageEntry', 'get_stage',
-           'register_stage', 'role_of']
+__all__ = ['CHAIN', 'OPTIONAL', 'SAMPLING_ROLES', 'STAGES', 'Stage', 'StageEntry', 'TEXT_CHAIN',
+           'get_stage', 'register_stage', 'role_of']

@@ -42,17 +42,18 @@ class TextUpsamplerStage(text_video.TextVideoStage):
     super().__init__(config)
     self.options = config.model.upsampler
     unet_config, scale = config.model.unet, self.options.scale
-    channels = self.autoencoder.config.latent_channels
+    channels, factor = (self.autoencoder.config.latent_channels,
+                        self.autoencoder.config.downsampling_factor)
+    levels, max_level = unet_config.num_class_embeds, self.options.max_noise_level
     if unet_config.in_channels != channels + RGB:
       raise ValueError(f'The upsampler U-Net has in_channels={unet_config.in_channels}; '
                        f'expected {channels + RGB} ({channels} latent + {RGB} RGB).')
-    if self.autoencoder.config.downsampling_factor != scale:
-      raise ValueError(f'The upsampler autoencoder has f={self.autoencoder.config.downsampling_factor}'
-                       f'; expected model.upsampler.scale={scale}, so latents match the '
-                       'low-resolution frames.')
-    if not unet_config.num_class_embeds or self.options.max_noise_level >= unet_config.num_class_embeds:
-      raise ValueError(f'model.upsampler.max_noise_level={self.options.max_noise_level} needs a '
-                       f'U-Net class per level; num_class_embeds is {unet_config.num_class_embeds}.')
+    if factor != scale:
+      raise ValueError(f'The upsampler autoencoder has f={factor}; expected '
+                       f'model.upsampler.scale={scale}, so latents match the low-res frames.')
+    if not levels or max_level >= levels:
+      raise ValueError(f'model.upsampler.max_noise_level={max_level} needs a U-Net class per '
+                       f'level; num_class_embeds is {levels}.')
 
   def init_params(self, rng, batch):
     ae_key, text_key, unet_key = jax.random.split(rng, 3)
@@ -127,8 +128,8 @@ class TextUpsamplerStage(text_video.TextVideoStage):
 
     def model_fn(x, t, cond):
       text_context, level = cond
-      inputs = jnp.concatenate([x, jnp.concatenate([condition] * (x.shape[0] // condition.shape[0]))],
-                               axis=-1)  # B f h w 7, guidance branches stacked on B
+      branches = x.shape[0] // condition.shape[0]  # Guidance branches stacked on the batch.
+      inputs = jnp.concatenate([x, jnp.concatenate([condition] * branches)], axis=-1)  # B f h w 7
       fn = lambda tile_inputs: self.apply_unet(params, tile_inputs[..., :-RGB], t, text_context,
                                                tile_inputs[..., -RGB:], level)
       return tiling.tiled_apply(fn, inputs, tile, overlap)
