@@ -34,7 +34,7 @@ OTHER_VENV ?= .venv-other
 FAST_TESTS ?= tests/test_sampling.py tests/test_guidance.py tests/test_diffusion_losses.py \
 	tests/test_stage_interface.py tests/test_outputs.py tests/test_chain.py \
 	tests/test_config_utils.py tests/test_trainer.py tests/test_pipeline.py \
-	tests/test_data.py tests/test_stages.py tests/test_video_source.py
+	tests/test_data.py tests/test_stages.py tests/test_video_source.py tests/test_tiling.py
 
 $(OTHER_VENV)/.installed: setup.py
 	$(OTHER_PYTHON) -m venv $(OTHER_VENV)
