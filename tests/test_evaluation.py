@@ -1,6 +1,8 @@
 """Fréchet distance vs SciPy, the Inception score's identities, and the consistency metrics
 on real moving_digits clips."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import linalg
@@ -171,3 +173,47 @@ def test_metrics_hook_scores_each_sample_entry_against_the_data(nets, real_clips
   assert sorted(results) == ['prediction']
   assert writer.scalars[(7, 'metrics/prediction/identity')] < 1.0
   assert writer.scalars[(7, 'metrics/prediction/real/identity')] == 1.0
+
+
+def test_real_statistics_are_reused_only_under_their_protocol(tmp_path):
+  from videoldm.evaluation import protocol as protocol_lib  # pylint: disable=g-import-not-at-top
+  weights = tmp_path / 'i3d.npz'
+  weights.write_bytes(b'weights')
+  fvd = protocol_lib.Protocol('fvd', protocol_lib.network_id(str(weights)), 'ucf101 test',
+                              2048, 16, 1, (128, 128))
+  rng = np.random.default_rng(6)
+  real, generated = rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + 0.5
+  path = str(tmp_path / 'real_fvd.npz')
+  protocol_lib.save_stats(path, real, fvd)
+  mu, sigma = protocol_lib.load_stats(path, fvd)
+  stored = frechet.frechet_distance_from_stats(mu, sigma, *protocol_lib.statistics(generated))
+  assert stored == pytest.approx(frechet.frechet_distance(real, generated), rel=1e-9)
+  other = dataclasses.replace(fvd, num_frames=8, frame_stride=2)
+  with pytest.raises(ValueError, match=r'frame_stride 1 -> 2, num_frames 16 -> 8;'):
+    protocol_lib.load_stats(path, other)
+  weights.write_bytes(b'other weights')  # Same file name, other network.
+  renamed = dataclasses.replace(fvd, network=protocol_lib.network_id(str(weights)))
+  with pytest.raises(ValueError, match=r"network 'i3d.npz@"):
+    protocol_lib.load_stats(path, renamed)
+
+
+def test_evaluate_stores_real_statistics_once_and_refuses_another_protocol(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from videoldm import evaluate  # pylint: disable=g-import-not-at-top
+  weights = tmp_path / 'inception.npz'
+  weights.write_bytes(b'weights')
+  rng = np.random.default_rng(7)
+  real = rng.uniform(-1, 1, (6, 2, 4, 4, 3))
+  generated = rng.uniform(-1, 1, (6, 2, 4, 4, 3))
+  features = lambda v: v.reshape(len(v), -1)[:, :5] + v.reshape(len(v), -1)[:, 5:10] ** 2
+  data = ml_collections.ConfigDict(dict(name='moving_digits', source='', frame_stride=4))
+  first, protocol = evaluate.standard_metric('fvd', str(weights), features, generated, real, data,
+                                             str(tmp_path))
+  assert first == pytest.approx(frechet.frechet_distance(features(generated), features(real)))
+  assert protocol['num_frames'] == 2 and protocol['resolution'] == [4, 4]
+  again, _ = evaluate.standard_metric('fvd', str(weights), features, generated, real * 0, data,
+                                      str(tmp_path))  # The stored real statistics are used.
+  assert again == first
+  data.frame_stride = 1
+  with pytest.raises(ValueError, match='frame_stride 4 -> 1'):
+    evaluate.standard_metric('fvd', str(weights), features, generated, real, data, str(tmp_path))

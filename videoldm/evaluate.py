@@ -9,8 +9,11 @@ N real test clips at the video stage's frame rate and writes
 
 Metrics: FID-md, FVD-md, identity consistency, label agreement, feature
 change (digit nets trained by the project, `evaluation/digits.py`); FID / FVD
-with `--inception_weights` / `--i3d_weights` (.npz, `evaluation/weights.py`);
-CLIP similarity with `--clip_dir` (a local transformers CLIPModel folder).
+with `--inception_weights` / `--i3d_weights` (.npz, `evaluation/weights.py`),
+whose real statistics are stored once with their protocol in
+`<run>/evaluation/real_<metric>.npz` and reused only under the same one
+(`evaluation/protocol.py`); CLIP similarity with `--clip_dir` (a local
+transformers CLIPModel folder), the mean raw cosine.
 """
 
 import os
@@ -20,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 from clu import metric_writers
+import einops
 import numpy as np
 
 from videoldm import checkpoints
@@ -29,9 +33,11 @@ from videoldm import outputs
 from videoldm.data import pipeline
 from videoldm.evaluation import clip_score
 from videoldm.evaluation import digits
+from videoldm.evaluation import frechet
 from videoldm.evaluation import i3d
 from videoldm.evaluation import inception
 from videoldm.evaluation import metrics
+from videoldm.evaluation import protocol as protocol_lib
 from videoldm.evaluation import report
 from videoldm.pipelines import loading
 from videoldm.pipelines import video_ldm
@@ -74,6 +80,24 @@ def generate(models: dict, labels: np.ndarray, num_frames: int, batch_size: int,
   return np.concatenate(videos)
 
 
+def standard_metric(metric: str, weights_path: str, features, generated, real, data_config,
+                    output: str) -> tuple[float, dict]:
+  """(Fréchet distance, its protocol): the real statistics are computed once and stored in
+  `<output>/real_<metric>.npz`; later runs reuse them only under the same protocol."""
+  source = f'{data_config.get("source") or data_config.name} test'
+  protocol = protocol_lib.Protocol(metric, protocol_lib.network_id(weights_path), source,
+                                   int(real.shape[0]), int(real.shape[1]),
+                                   int(data_config.frame_stride), tuple(real.shape[2:4]))
+  path = os.path.join(output, f'real_{metric}.npz')
+  if os.path.isfile(path):
+    mu, sigma = protocol_lib.load_stats(path, protocol)
+  else:
+    mu, sigma = protocol_lib.save_stats(path, features(real), protocol)
+  distance = frechet.frechet_distance_from_stats(*protocol_lib.statistics(features(generated)),
+                                                 mu, sigma)
+  return distance, protocol.to_json()
+
+
 def evaluate(run_dir: str, num_videos: int, batch_size: int = 8, seed: int = 0,
              inception_weights: str = '', i3d_weights: str = '', clip_dir: str = '',
              guidance_scale: float | None = None, eta: float | None = None,
@@ -96,15 +120,21 @@ def evaluate(run_dir: str, num_videos: int, batch_size: int = 8, seed: int = 0,
   nets = digits.load_or_train(digits.spec_from_data_config(data_config),
                               os.path.join(output, 'feature_nets'), seed=0)
   results = metrics.digit_video_metrics(nets, generated, real, labels)
+  protocols = {}
   if inception_weights:
-    results['fid'] = metrics.fid(inception.InceptionExtractor(inception_weights), generated, real)
+    extractor = inception.InceptionExtractor(inception_weights)
+    frames = lambda v: einops.rearrange(extractor.frame_features(v), 'b f d -> (b f) d')
+    results['fid'], protocols['fid'] = standard_metric(
+        'fid', inception_weights, frames, generated, real, data_config, output)
   if i3d_weights:
-    results['fvd'] = metrics.fvd(i3d.I3DExtractor(i3d_weights), generated, real)
+    extractor = i3d.I3DExtractor(i3d_weights)
+    results['fvd'], protocols['fvd'] = standard_metric(
+        'fvd', i3d_weights, extractor.clip_features, generated, real, data_config, output)
   if clip_dir:
     captions = [f'a handwritten digit {int(label)}' for label in labels]
     results['clip_similarity'] = clip_score.clip_similarity(generated, captions, clip_dir)
   results['seconds'] = time.time() - start
-  record = dict(metrics=results, run=run_dir, num_videos=num_videos, seed=seed,
+  record = dict(metrics=results, protocols=protocols, run=run_dir, num_videos=num_videos, seed=seed,
                 guidance_scale=guidance_scale, eta=eta, feature_nets=nets.record)
   report.write_json(report_path, record)
   writer = metric_writers.create_default_writer(output)
