@@ -50,16 +50,19 @@ def tiny_run() -> TinyRun:
 
 @functools.cache
 def tiny_interpolation_run() -> str:
-  """`tiny_run()` plus a few steps of `text_interpolation` from its key-frame stage; the
-  run folder (with `video/` and `interpolation/`)."""
+  """A copy of `tiny_run()`'s key-frame stage plus a few steps of `text_interpolation` from
+  it; the run folder (with `video/` and `interpolation/`). A copy, so the tests of
+  `tiny_run()`'s folder see only its `video/` whatever ran before them."""
   run = tiny_run()
+  run_dir = os.path.join(run.root, 'chain_run')
+  shutil.copytree(os.path.join(run.run_dir, 'video'), os.path.join(run_dir, 'video'))
   config = config_utils.override(
       config_utils.load_config(os.path.join(
           REPO, 'configs', f'sd_video.py:runlocal,stage=text_interpolation,sd_path={run.sd_path}')),
       **{'data.data_dir': os.path.join(run.root, 'tfds'),
-         'init_from.workdir': os.path.join(run.run_dir, 'video'), 'total_steps': 2})
-  trainer.train_and_evaluate(config, os.path.join(run.run_dir, 'interpolation'))
-  return run.run_dir
+         'init_from.workdir': os.path.join(run_dir, 'video'), 'total_steps': 2})
+  trainer.train_and_evaluate(config, os.path.join(run_dir, 'interpolation'))
+  return run_dir
 
 
 @functools.cache

@@ -10,6 +10,7 @@ from diffusers import UNet2DConditionModel
 
 from videoldm.convert import common
 from videoldm.convert import diffusers as convert
+from videoldm.convert import tiny_sd
 from videoldm.models import unet as unet_lib
 import diffusers_reference as ref
 
@@ -31,12 +32,7 @@ SD2_TINY = dict(
     use_linear_projection=True)
 # SD-x4-upscaler-like: 7 input channels (latents + RGB), no attention on the first level,
 # `only_cross_attention` on some levels, the noise level as one of 1000 classes.
-UPSCALER_TINY = dict(
-    sample_size=16, in_channels=7, out_channels=4, block_out_channels=[32, 32, 64],
-    layers_per_block=1, down_block_types=['DownBlock2D'] + ['CrossAttnDownBlock2D'] * 2,
-    up_block_types=['CrossAttnUpBlock2D'] * 2 + ['UpBlock2D'], attention_head_dim=4,
-    cross_attention_dim=16, norm_num_groups=8, num_class_embeds=1000,
-    use_linear_projection=True, only_cross_attention=[True, True, False])
+UPSCALER_TINY = dict(tiny_sd.UPSCALER_UNET, cross_attention_dim=16)
 CASES = dict(sd1=SD1_TINY, sd2=SD2_TINY, upscaler=UPSCALER_TINY)
 
 

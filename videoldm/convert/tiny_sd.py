@@ -105,38 +105,35 @@ def _write_text_encoder(path: str, seed: int) -> None:
   write_tokenizer(os.path.join(path, 'tokenizer'))
 
 
-def write_tiny_sd(path: str, seed: int = 0) -> str:
-  """Writes the tiny pipeline folder at `path` (created) and returns `path`."""
+def _write_pipeline(path: str, unet: dict, vae: dict, seed: int, schedulers: dict,
+                    index: dict) -> str:
+  """Random U-Net, VAE and text encoder, the tokenizer, scheduler configs and the index."""
   import diffusers  # pylint: disable=g-import-not-at-top
   os.makedirs(path, exist_ok=True)
-  randomize_(diffusers.UNet2DConditionModel(**UNET), seed).save_pretrained(
+  randomize_(diffusers.UNet2DConditionModel(**unet), seed).save_pretrained(
       os.path.join(path, 'unet'))
-  randomize_(diffusers.AutoencoderKL(**VAE), seed + 1).save_pretrained(
-      os.path.join(path, 'vae'))
+  randomize_(diffusers.AutoencoderKL(**vae), seed + 1).save_pretrained(os.path.join(path, 'vae'))
   _write_text_encoder(path, seed + 2)
-  _write_json(os.path.join(path, 'scheduler', 'scheduler_config.json'), SCHEDULER)
+  for name, config in schedulers.items():
+    _write_json(os.path.join(path, name, 'scheduler_config.json'), config)
   _write_json(os.path.join(path, 'model_index.json'), dict(
-      _class_name='StableDiffusionPipeline', unet=['diffusers', 'UNet2DConditionModel'],
-      vae=['diffusers', 'AutoencoderKL'], text_encoder=['transformers', 'CLIPTextModel'],
-      tokenizer=['transformers', 'CLIPTokenizer'], scheduler=['diffusers', 'DDIMScheduler']))
+      unet=['diffusers', 'UNet2DConditionModel'], vae=['diffusers', 'AutoencoderKL'],
+      text_encoder=['transformers', 'CLIPTextModel'], tokenizer=['transformers', 'CLIPTokenizer'],
+      **index))
   return path
+
+
+def write_tiny_sd(path: str, seed: int = 0) -> str:
+  """Writes the tiny pipeline folder at `path` (created) and returns `path`."""
+  return _write_pipeline(path, UNET, VAE, seed, dict(scheduler=SCHEDULER), dict(
+      _class_name='StableDiffusionPipeline', scheduler=['diffusers', 'DDIMScheduler']))
 
 
 def write_tiny_upscaler(path: str, seed: int = 10) -> str:
   """Writes the tiny x4 upscaler pipeline folder at `path` (created) and returns `path`."""
-  import diffusers  # pylint: disable=g-import-not-at-top
-  os.makedirs(path, exist_ok=True)
-  randomize_(diffusers.UNet2DConditionModel(**UPSCALER_UNET), seed).save_pretrained(
-      os.path.join(path, 'unet'))
-  randomize_(diffusers.AutoencoderKL(**UPSCALER_VAE), seed + 1).save_pretrained(
-      os.path.join(path, 'vae'))
-  _write_text_encoder(path, seed + 2)
-  _write_json(os.path.join(path, 'scheduler', 'scheduler_config.json'), UPSCALER_SCHEDULER)
-  _write_json(os.path.join(path, 'low_res_scheduler', 'scheduler_config.json'),
-              UPSCALER_LOW_RES_SCHEDULER)
-  _write_json(os.path.join(path, 'model_index.json'), dict(
-      _class_name='StableDiffusionUpscalePipeline', max_noise_level=350,
-      unet=['diffusers', 'UNet2DConditionModel'], vae=['diffusers', 'AutoencoderKL'],
-      text_encoder=['transformers', 'CLIPTextModel'], tokenizer=['transformers', 'CLIPTokenizer'],
-      scheduler=['diffusers', 'DDIMScheduler'], low_res_scheduler=['diffusers', 'DDPMScheduler']))
-  return path
+  return _write_pipeline(
+      path, UPSCALER_UNET, UPSCALER_VAE, seed,
+      dict(scheduler=UPSCALER_SCHEDULER, low_res_scheduler=UPSCALER_LOW_RES_SCHEDULER),
+      dict(_class_name='StableDiffusionUpscalePipeline', max_noise_level=350,
+           scheduler=['diffusers', 'DDIMScheduler'],
+           low_res_scheduler=['diffusers', 'DDPMScheduler']))
