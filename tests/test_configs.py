@@ -2,6 +2,7 @@
 command line, and the quickstart is moving_digits plus its listed overrides."""
 
 import importlib.util
+import os
 import pathlib
 
 from absl import flags
@@ -127,3 +128,22 @@ def test_quickstart_is_moving_digits_with_its_overrides(local):
 def test_moving_digits_has_no_quickstart_argument():
   with pytest.raises(ValueError, match="Unknown config argument 'quickstart'"):
     config_utils.load_config(f'{MOVING_DIGITS}:stage=video,quickstart')
+
+
+def test_sd_video_reads_the_schedule_of_the_pipeline_folder(tiny_sd, tmp_path):
+  """An SD 2.x folder's v-prediction comes from its scheduler config (its U-Net's config
+  does not say), as do its betas."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = str(tmp_path / 'sd2')
+  shutil.copytree(tiny_sd, folder)
+  path = os.path.join(folder, 'scheduler', 'scheduler_config.json')
+  with open(path) as f:
+    scheduler = json.load(f)
+  with open(path, 'w') as f:
+    json.dump(dict(scheduler, prediction_type='v_prediction', beta_end=0.02), f)
+  config = config_utils.load_config(f'{SD_VIDEO}:sd_path={folder}')
+  assert config.diffusion.prediction_type == config.model.unet.prediction_type == 'v'
+  assert config.diffusion.beta_end == 0.02
+  plain = config_utils.load_config(f'{SD_VIDEO}:sd_path={tiny_sd}')
+  assert plain.diffusion.prediction_type == 'eps'
