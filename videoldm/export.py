@@ -106,9 +106,7 @@ def spatial_unet(unet_config: ml_collections.ConfigDict, unet_params) -> tuple:
   config = ml_collections.ConfigDict(unet_config.to_dict())
   if 'temporal' in config:
     del config['temporal']
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(unet_params), sep='/')
-  spatial = {k: v for k, v in flat.items() if not params_lib.is_temporal(k)}
-  return config, flax.traverse_util.unflatten_dict(spatial, sep='/')
+  return config, _spatial(unet_params)
 
 
 def _spatial(params) -> dict:

@@ -24,7 +24,6 @@ import einops
 import jax
 import jax.numpy as jnp
 
-from videoldm import diffusion
 from videoldm.diffusion import sampling
 from videoldm.diffusion import tiling
 from videoldm.stages import denoising
@@ -78,11 +77,8 @@ class TextUpsamplerStage(text_video.TextVideoStage):
 
   def augment(self, low: jax.Array, key: jax.Array, noise_level=None):
     """Eq. 5 on low-res frames: `(augmented, t_g)`; `t_g` drawn per clip unless given."""
-    if noise_level is None:
-      return upsampler.noise_augment(self.schedule, low, key, self.options.max_noise_level)
-    t_g = jnp.full((low.shape[0],), noise_level, jnp.int32)
-    noise = jax.random.normal(key, low.shape, low.dtype)
-    return diffusion.q_sample(self.schedule, low, t_g, noise), t_g
+    return upsampler.noise_augment(self.schedule, low, key, self.options.max_noise_level,
+                                   noise_level)
 
   def cache_entries(self, params, batch) -> dict:
     raise ValueError('The text_upsampler stage trains from pixels (it needs the low-resolution '

@@ -41,11 +41,15 @@ def resize_to(video: jax.Array, height: int, width: int) -> jax.Array:
 
 
 def noise_augment(schedule: diffusion.Schedule, low_res: jax.Array, key: jax.Array,
-                  max_noise_level: int) -> tuple[jax.Array, jax.Array]:
-  """Eq. 5: `(alpha_{t_g} x_low + sigma_{t_g} eps, t_g)` with `t_g ~ U{0..max}` per example."""
-  level_key, noise_key = jax.random.split(key)
-  t_g = jax.random.randint(level_key, (low_res.shape[0],), 0, max_noise_level + 1)
-  noise = jax.random.normal(noise_key, low_res.shape, low_res.dtype)
+                  max_noise_level: int, noise_level=None) -> tuple[jax.Array, jax.Array]:
+  """Eq. 5: `(alpha_{t_g} x_low + sigma_{t_g} eps, t_g)` with `t_g ~ U{0..max}` per example,
+  or `t_g = noise_level` (sampling)."""
+  if noise_level is None:
+    level_key, key = jax.random.split(key)
+    t_g = jax.random.randint(level_key, (low_res.shape[0],), 0, max_noise_level + 1)
+  else:
+    t_g = jnp.full((low_res.shape[0],), noise_level, jnp.int32)
+  noise = jax.random.normal(key, low_res.shape, low_res.dtype)
   return diffusion.q_sample(schedule, low_res, t_g, noise), t_g
 
 
@@ -112,12 +116,8 @@ class UpsamplerStage(base.Stage):
 
     `t_g` is drawn per example (training) unless `noise_level` fixes it (sampling).
     """
-    if noise_level is None:
-      augmented, t_g = noise_augment(self.schedule, low, key, self.options.max_noise_level)
-    else:
-      t_g = jnp.full((low.shape[0],), noise_level, jnp.int32)
-      noise = jax.random.normal(key, low.shape, low.dtype)
-      augmented = diffusion.q_sample(self.schedule, low, t_g, noise)
+    augmented, t_g = noise_augment(self.schedule, low, key, self.options.max_noise_level,
+                                   noise_level)
     scale = self.options.scale
     return resize_to(augmented, low.shape[2] * scale, low.shape[3] * scale), t_g
 
