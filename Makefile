@@ -15,8 +15,13 @@ $(VENV)/.core: setup.py
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
+# The metric networks' PyTorch references (tests/metric_references.py) go off the default
+# path, without their dependencies: torchvision's PyPI wheel does not import with CPU torch.
+METRIC_REFERENCES := torchvision==0.28.0 pytorch-fid==0.3.0 cd-fvd==0.1.1
+
 $(VENV)/.installed: $(VENV)/.core
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/reference $(METRIC_REFERENCES)
 	touch $@
 
 install: $(VENV)/.installed

@@ -3,8 +3,9 @@
 Follows the FID variant of torchvision's Inception-v3 (as in pytorch-fid):
 BasicConv2d = conv without bias + batch norm (eps 1e-3, inference) + ReLU;
 average pools exclude padding; the last block's pool branch is a max pool.
-Frames `(n, h, w, 3)` in [-1, 1] are resized (bilinear) to `input_size` and
-mapped to the 2048-d pool features. Module names follow torchvision
+Frames `(n, h, w, 3)` in [-1, 1] are resized (bilinear without antialiasing,
+as pytorch-fid's `F.interpolate`) to `input_size` and mapped to the 2048-d
+pool features. Module names follow torchvision
 (`Mixed_5b/branch1x1/conv`), so a converter only transposes kernels
 (torch OIHW -> Flax HWIO) and renames bn weight/bias/running_* to
 scale/bias/mean/var; the file layout is documented in `weights.py`. No weights
@@ -120,7 +121,7 @@ class InceptionV3(nn.Module):
   @nn.compact
   def __call__(self, frames):
     x = jax.image.resize(frames, (frames.shape[0], self.input_size, self.input_size, 3),
-                         'bilinear')
+                         'bilinear', antialias=False)
     x = BasicConv(32, (3, 3), 2, 'VALID', name='Conv2d_1a_3x3')(x)
     x = BasicConv(32, (3, 3), 1, 'VALID', name='Conv2d_2a_3x3')(x)
     x = _max_pool(BasicConv(64, (3, 3), name='Conv2d_2b_3x3')(x))
