@@ -99,6 +99,8 @@ ADDED_FIELDS = (
     ('data.cache_dir', '', 'data'),
     ('model.unet.only_cross_attention', (), 'model.unet'),
     ('model.upsampler_unet.only_cross_attention', (), 'model.upsampler_unet'),
+    ('model.unet.temporal.attention', 'temporal', 'model.unet.temporal'),
+    ('model.upsampler_unet.temporal.attention', 'temporal', 'model.upsampler_unet.temporal'),
 )
 
 

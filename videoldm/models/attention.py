@@ -12,6 +12,8 @@ loop, so each block's score matrix stays cache-sized; on CPU it runs the
 (bench/RESULTS.md, figure 1).
 """
 
+from typing import Callable
+
 import einops
 import flax.linen as nn
 import jax
@@ -20,6 +22,8 @@ import jax.numpy as jnp
 from videoldm.models import layers
 
 _IMPLEMENTATIONS = (None, 'xla', 'cudnn', 'blocked')
+# q, k, v `(b, n, heads, head_dim)` -> `(b, n, heads, head_dim)`.
+AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 # Score elements per query block (4 MiB of float32): measured best on CPU.
 _BLOCK_SCORES = 2**20
 # On CPU, None picks 'blocked' from this many queries on.
@@ -99,7 +103,9 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               mask: jax.Array | None = None) -> jax.Array:
+               mask: jax.Array | None = None,
+               attention_fn: AttentionFn | None = None) -> jax.Array:
+    """`attention_fn(q, k, v)` (default: `dot_product_attention` with `mask`) mixes the heads."""
     inner = self.heads * self.dim_head
     context = x if context is None else context
     dense = lambda name: nn.Dense(inner, use_bias=False, dtype=self.dtype, name=name)
@@ -107,7 +113,10 @@ class Attention(nn.Module):
     q = split(dense('to_q')(x))  # (b, n, heads, dim_head)
     k = split(dense('to_k')(context))  # (b, m, heads, dim_head)
     v = split(dense('to_v')(context))
-    out = dot_product_attention(q, k, v, mask, self.implementation)
+    if attention_fn is None:
+      out = dot_product_attention(q, k, v, mask, self.implementation)
+    else:
+      out = attention_fn(q, k, v)  # (b, n, heads, dim_head)
     out = einops.rearrange(out, 'b n h d -> b n (h d)')
     out_dim = self.out_dim or x.shape[-1]
     return nn.Dense(out_dim, dtype=self.dtype, name='to_out_0')(out)
@@ -155,6 +164,8 @@ class BasicTransformerBlock(nn.Module):
   `x` itself, as diffusers does. With `only_cross_attention` (diffusers' flag
   of the same name, e.g. Stable Diffusion's x4 upscaler) `attn1` also attends
   to the context instead of to the tokens.
+  `self_attention_fn` replaces `attn1`'s scaled dot-product (see `Attention`),
+  e.g. by a masked attention over the tokens of several frames; params are unchanged.
   """
 
   dim: int
@@ -167,7 +178,8 @@ class BasicTransformerBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               mask: jax.Array | None = None) -> jax.Array:
+               mask: jax.Array | None = None,
+               self_attention_fn: AttentionFn | None = None) -> jax.Array:
     norm = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype,
                                      use_fast_variance=False, name=name)
     attention = lambda name: Attention(self.heads, self.dim_head,
@@ -178,7 +190,8 @@ class BasicTransformerBlock(nn.Module):
       [attended] = einops.unpack(attention('attn1')(queries, context, mask), packed, 'b * c')
     else:
       sequences, packed = einops.pack([norm('norm1')(x)], '* s c')  # (b ..., s, c)
-      [attended] = einops.unpack(attention('attn1')(sequences), packed, '* s c')
+      [attended] = einops.unpack(attention('attn1')(sequences, attention_fn=self_attention_fn),
+                                 packed, '* s c')
     x = x + attended
     if self.cross_attention:
       # Each query attends to its example's context on its own, so flattening

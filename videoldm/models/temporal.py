@@ -44,6 +44,8 @@ from videoldm.models import attention
 from videoldm.models import layers
 
 MERGE_STRATEGIES = ('fixed', 'learned', 'learned_with_images')
+# Which tokens a temporal-attention token attends to (`TemporalTransformer.attention_variant`).
+ATTENTION_VARIANTS = ('temporal', 'full', 'causal', 'sparse_causal')
 
 
 def _num_videos(batch_frames: int, num_frames) -> int:
@@ -58,6 +60,60 @@ def _num_videos(batch_frames: int, num_frames) -> int:
     raise ValueError(f'The (b f) batch of {batch_frames} frames is not divisible by '
                      f'num_frames={num_frames}.')
   return batch_frames // num_frames
+
+
+def check_attention_variant(variant: str, name: str = 'attention_variant') -> None:
+  if variant not in ATTENTION_VARIANTS:
+    raise ValueError(f'{name}={variant!r} is not one of {ATTENTION_VARIANTS}.')
+
+
+def space_time_attention(variant: str, num_frames: int,
+                         implementation: str | None = None) -> attention.AttentionFn:
+  """Attention over the tokens of whole clips, `(b, (f n), heads, d)` with n = h w per frame.
+
+  'full': every token attends to all f n tokens of its clip. 'causal': a token of
+  frame k attends to the tokens of frames 0..k; run as a loop over query frames, each
+  with a key mask, so the scores held at once are n x f n, not (f n)^2. 'sparse_causal':
+  a token of frame k attends to the tokens of frames {0, k - 1, k} (a set: frame 0
+  attends to itself, frame 1 to frames 0 and 1); the three frames' keys are gathered,
+  so time and memory grow linearly in f. Full and causal still cost (f n)^2 FLOPs.
+  'temporal' gives None: the block's own attention over frames at each location.
+  """
+  check_attention_variant(variant)
+  f = num_frames
+
+  def full(q, k, v):
+    return attention.dot_product_attention(q, k, v, implementation=implementation)
+
+  def causal(q, k, v):
+    n = q.shape[1] // f
+    key_frames = jnp.repeat(jnp.arange(f), n)  # (f n,)
+    queries = einops.rearrange(q, 'b (f n) h d -> f b n h d', f=f)
+
+    def one_frame(args):
+      frame_queries, frame = args
+      mask = (key_frames <= frame)[None]  # (1, f n): frames 0..k, for every example.
+      return attention.dot_product_attention(frame_queries, k, v, mask, implementation)
+
+    out = jax.lax.map(one_frame, (queries, jnp.arange(f)))  # (f, b, n, heads, d)
+    return einops.rearrange(out, 'f b n h d -> b (f n) h d')
+
+  def sparse_causal(q, k, v):
+    frames = jnp.arange(f)
+    chosen = jnp.stack([jnp.zeros_like(frames), jnp.maximum(frames - 1, 0), frames],
+                       1)  # (f, 3): frames 0, k - 1, k
+    # Each frame of {0, k - 1, k} counts once: k - 1 only from k = 2, k itself from k = 1.
+    valid = jnp.stack([frames >= 0, frames >= 2, frames >= 1], 1)  # (f, 3)
+    b, n = q.shape[0], q.shape[1] // f
+    gather = lambda t: einops.rearrange(
+        einops.rearrange(t, 'b (f n) h d -> b f n h d', f=f)[:, chosen],
+        'b f s n h d -> (b f) (s n) h d')  # ((b f), 3 n, heads, d)
+    mask = einops.repeat(valid, 'f s -> (b f) (s n)', b=b, n=n)  # ((b f), 3 n)
+    queries = einops.rearrange(q, 'b (f n) h d -> (b f) n h d', f=f)
+    out = attention.dot_product_attention(queries, gather(k), gather(v), mask, implementation)
+    return einops.rearrange(out, '(b f) n h d -> b (f n) h d', f=f)
+
+  return {'full': full, 'causal': causal, 'sparse_causal': sparse_causal}.get(variant)
 
 
 def _check_groups(channels: int, groups: int) -> None:
@@ -176,6 +232,15 @@ class TemporalTransformer(nn.Module):
   `context_dim`) to the text -> zero-initialised Dense `proj_out` -> + x.
   `context` is text `(b, m, context_dim)` (or per frame `((b f), m, d)`, of
   which each video's first frame is used), shared by all spatial locations.
+
+  `attention_variant` picks whom the self-attention sees (same params for all):
+    'temporal': each location attends over its own f frames (Video LDM);
+    'full': each token attends to all f h w tokens of the clip (VDM, Make-A-Video);
+    'causal': tokens of frame k attend to all tokens of frames 0..k (MagicVideo);
+    'sparse_causal': tokens of frame k attend to all tokens of frames 0, k - 1
+      and k (Tune-A-Video).
+  The last three attend over `(b, (f h w), c)` tokens (`space_time_attention`);
+  'full' and 'causal' cost (f h w)^2, against h w f^2 for 'temporal'.
   """
 
   num_heads: int
@@ -187,11 +252,13 @@ class TemporalTransformer(nn.Module):
   norm_groups: int = 32
   attention_implementation: str | None = None
   dtype: jnp.dtype = jnp.float32
+  attention_variant: str = 'temporal'
 
   @nn.compact
   def __call__(self, x: jax.Array, num_frames: int, context: jax.Array | None = None,
                regime: jax.Array | None = None,
                injection: jax.Array | None = None) -> jax.Array:
+    check_attention_variant(self.attention_variant, 'TemporalTransformer attention_variant')
     _check_frames_input(x, 'TemporalTransformer')
     _check_injection(x, injection, 'TemporalTransformer')
     batch_frames, height, width, channels = x.shape
@@ -207,11 +274,19 @@ class TemporalTransformer(nn.Module):
       embedding = FramePositionEmbedding(inner, use_regime=self.use_regime, dtype=self.dtype,
                                          name='time_pos_embed')(num_frames, b, regime)
       hidden = hidden + embedding[:, None]  # (b, 1, f, inner)
+    self_attention_fn = None
+    if self.attention_variant != 'temporal':
+      self_attention_fn = space_time_attention(self.attention_variant, num_frames,
+                                               self.attention_implementation)
+      hidden = einops.rearrange(hidden, 'b (h w) f c -> b (f h w) c', h=height)
     for index in range(self.depth):
       hidden = attention.BasicTransformerBlock(
           inner, self.num_heads, self.head_dim, cross_attention=self.context_dim is not None,
           implementation=self.attention_implementation, dtype=self.dtype,
-          name=f'transformer_blocks_{index}')(hidden, context)
+          name=f'transformer_blocks_{index}')(hidden, context,
+                                              self_attention_fn=self_attention_fn)
+    if self.attention_variant != 'temporal':
+      hidden = einops.rearrange(hidden, 'b (f h w) c -> b (h w) f c', h=height, w=width)
     hidden = nn.Dense(channels, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                       name='proj_out')(hidden)
     hidden = einops.rearrange(hidden, 'b (h w) f c -> (b f) h w c', h=height, w=width)

@@ -14,7 +14,9 @@ Temporal attention follows the spatial transformers only (as Fig. 4 pairs the
 two; levels without spatial attention get conv3d blocks), unless
 `temporal.attention_everywhere`, which adds `temporal_transformers_i` after
 `resnets_i` at levels without spatial attention (e.g. to give an
-attention-only ablation temporal mixing at every level).
+attention-only ablation temporal mixing at every level). `temporal.attention`
+picks which tokens temporal attention sees ('temporal', 'full', 'causal',
+'sparse_causal'; `temporal_lib.TemporalTransformer`), with the same params for all.
 
 Prediction / interpolation models (`temporal.context_frames`, Sec. 3.2-3.3)
 form `c_S = (m_S * z, m_S)` from `context_latents` and `context_mask`, encode
@@ -45,7 +47,7 @@ def temporal_config() -> ml_collections.ConfigDict:
       layers=TEMPORAL_LAYERS, merge_strategy='learned_with_images', alpha=0.5,
       conv_kernel_size=(3, 3, 3), num_heads=None, head_dim=None, depth=1,
       frame_pos_embed=True, text_context=False, context_frames=False,
-      regime_conditioning=False, attention_everywhere=False))
+      regime_conditioning=False, attention_everywhere=False, attention='temporal'))
 
 
 def video_unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
@@ -65,6 +67,10 @@ def video_unet_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
     regime_conditioning: a scalar per video embedded with the frame position.
     attention_everywhere: temporal attention also at levels without spatial
       attention (after each ResBlock).
+    attention: whom temporal attention sees: 'temporal' (each location, its f
+      frames), 'full' (all f h w tokens), 'causal' (tokens of frames 0..k) or
+      'sparse_causal' (tokens of frames 0, k - 1, k); 'full' and 'causal' cost
+      (f h w)^2. Same params for all, so a checkpoint loads into any of them.
 
   'tiny': tests (32/64 channels, 8 groups, text dim 16). 'driving': key frames
   128x256 -> latents 16x32x4, the SD 1.5 layout without text whose lowest level
@@ -125,6 +131,7 @@ def validate_video_config(config: ml_collections.ConfigDict) -> None:
   if temporal.merge_strategy not in temporal_lib.MERGE_STRATEGIES:
     raise ValueError(f'temporal.merge_strategy={temporal.merge_strategy!r} is not one of '
                      f'{temporal_lib.MERGE_STRATEGIES}.')
+  temporal_lib.check_attention_variant(temporal.attention, 'temporal.attention')
   if temporal.num_heads is not None and temporal.head_dim is not None:
     raise ValueError(f'Set at most one of temporal.num_heads={temporal.num_heads} and '
                      f'temporal.head_dim={temporal.head_dim}.')
@@ -159,6 +166,7 @@ class VideoBlockOptions(unet_lib.BlockOptions):
   context_frames: bool
   regime: bool
   attention_everywhere: bool
+  attention_variant: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,8 +211,8 @@ class TemporalMixin:
                                        self.heads)
       self.temporal_transformers = [temporal_lib.TemporalTransformer(
           heads, head_dim, opts.depth, opts.text_context_dim,
-          opts.frame_pos_embed, opts.regime, opts.groups, opts.implementation, opts.dtype)
-          for _ in range(count)]
+          opts.frame_pos_embed, opts.regime, opts.groups, opts.implementation, opts.dtype,
+          opts.attention_variant) for _ in range(count)]
       self.time_mixer_transformers = mixers(count)
       if opts.context_frames:
         self.context_proj_transformers = projections(count)
@@ -270,7 +278,8 @@ class VideoUNet(unet_lib.UNet):
         frame_pos_embed=temporal.frame_pos_embed,
         text_context_dim=cfg.cross_attention_dim if temporal.text_context else None,
         context_frames=temporal.context_frames, regime=temporal.regime_conditioning,
-        attention_everywhere=temporal.attention_everywhere)
+        attention_everywhere=temporal.attention_everywhere,
+        attention_variant=temporal.attention)
 
   def check_video_inputs(self, x, timesteps, context, class_labels, context_latents,
                          context_mask, regime, image_only_indicator):
