@@ -21,6 +21,33 @@ from videoldm.train import trainer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@functools.cache
+def tiny_clip_dir() -> str:
+  """A tiny random transformers CLIPModel folder (with its processor) on the tiny vocabulary."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  path = tempfile.mkdtemp(prefix='tiny_clip_')
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  tiny_sd.write_tokenizer(path)
+  vocab = len(tiny_sd.tokenizer_vocab())
+  config = transformers.CLIPConfig(
+      text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=4,
+                       max_position_embeddings=tiny_sd.MAX_LENGTH, bos_token_id=vocab - 2,
+                       eos_token_id=vocab - 1, pad_token_id=vocab - 1),
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, image_size=32, patch_size=8),
+      projection_dim=16)
+  torch.manual_seed(0)
+  transformers.CLIPModel(config).eval().save_pretrained(path)
+  tokenizer = transformers.CLIPTokenizer(f'{path}/vocab.json', f'{path}/merges.txt',
+                                         model_max_length=tiny_sd.MAX_LENGTH)
+  images = transformers.CLIPImageProcessor(size={'shortest_edge': 32},
+                                           crop_size={'height': 32, 'width': 32})
+  transformers.CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(path)
+  return path
+
+
 @dataclasses.dataclass(frozen=True)
 class TinyRun:
   root: str

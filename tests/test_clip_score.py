@@ -8,31 +8,13 @@ import pytest
 import torch
 import transformers
 
-from videoldm.convert import tiny_sd
+import sd_video_helpers
 from videoldm.evaluation import clip_score
 
 
 @pytest.fixture(scope='module')
-def clip_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('clip'))
-  tiny_sd.write_tokenizer(path)
-  vocab = len(tiny_sd.tokenizer_vocab())
-  config = transformers.CLIPConfig(
-      text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=1, num_attention_heads=4,
-                       max_position_embeddings=tiny_sd.MAX_LENGTH, bos_token_id=vocab - 2,
-                       eos_token_id=vocab - 1, pad_token_id=vocab - 1),
-      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, image_size=32, patch_size=8),
-      projection_dim=16)
-  torch.manual_seed(0)
-  transformers.CLIPModel(config).eval().save_pretrained(path)
-  tokenizer = transformers.CLIPTokenizer(f'{path}/vocab.json', f'{path}/merges.txt',
-                                         model_max_length=tiny_sd.MAX_LENGTH)
-  images = transformers.CLIPImageProcessor(size={'shortest_edge': 32},
-                                           crop_size={'height': 32, 'width': 32})
-  transformers.CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(path)
-  return path
+def clip_dir():
+  return sd_video_helpers.tiny_clip_dir()
 
 
 def test_clip_similarity_is_the_mean_raw_cosine(clip_dir):

@@ -118,6 +118,11 @@ def test_clip_similarity_and_evaluate_name_their_bad_inputs(tmp_path):
     clip_score.clip_similarity(np.zeros((1, 2, 8, 8, 3)), ['a 3'], str(tmp_path))
   with pytest.raises(ValueError, match='num_videos=1'):
     evaluate.evaluate(str(tmp_path), num_videos=1)
+  with pytest.raises(ValueError, match='CLIP similarity needs the captions'):
+    scores = evaluate.standard.StandardMetrics(evaluate.standard.Networks(), str(tmp_path),
+                                               'x', 2, 16, 1, (8, 8))
+    scores.scorer = object()  # As if a CLIP folder were given.
+    scores.add(np.zeros((1, 2, 8, 8, 3)))
 
 
 def test_evaluate_generates_in_label_batches_at_the_requested_guidance_and_eta(monkeypatch):
@@ -197,23 +202,49 @@ def test_real_statistics_are_reused_only_under_their_protocol(tmp_path):
     protocol_lib.load_stats(path, renamed)
 
 
-def test_evaluate_stores_real_statistics_once_and_refuses_another_protocol(tmp_path):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from videoldm import evaluate  # pylint: disable=g-import-not-at-top
-  weights = tmp_path / 'inception.npz'
-  weights.write_bytes(b'weights')
+class FakeClipNetwork:
+  """Stands in for I3D / C3D: a fixed non-linear function of each (cropped) clip."""
+
+  def __init__(self, path, *args, **kwargs):
+    del path, args, kwargs
+
+  def clip_features(self, videos):
+    flat = np.asarray(videos).reshape(len(videos), -1)
+    return flat[:, :5] + flat[:, 5:10] ** 2
+
+  def clip_probs(self, videos):
+    classes = (np.asarray(videos).reshape(len(videos), -1)[:, 0] > 0).astype(int)
+    return np.eye(3)[classes] * 0.8 + 0.2 / 3
+
+
+def test_standard_metrics_crop_accumulate_and_store_real_statistics_once(tmp_path, monkeypatch):
+  from videoldm.evaluation import protocol as protocol_lib  # pylint: disable=g-import-not-at-top
+  from videoldm.evaluation import standard  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(standard.i3d, 'I3DExtractor', FakeClipNetwork)
+  monkeypatch.setattr(standard.c3d, 'C3DClassifier', FakeClipNetwork)
+  for name in ('i3d.npz', 'c3d.npz'):
+    (tmp_path / name).write_bytes(name.encode())
+  networks = standard.Networks(i3d_weights=str(tmp_path / 'i3d.npz'),
+                               c3d_weights=str(tmp_path / 'c3d.npz'))
   rng = np.random.default_rng(7)
-  real = rng.uniform(-1, 1, (6, 2, 4, 4, 3))
-  generated = rng.uniform(-1, 1, (6, 2, 4, 4, 3))
-  features = lambda v: v.reshape(len(v), -1)[:, :5] + v.reshape(len(v), -1)[:, 5:10] ** 2
-  data = ml_collections.ConfigDict(dict(name='moving_digits', source='', frame_stride=4))
-  first, protocol = evaluate.standard_metric('fvd', str(weights), features, generated, real, data,
-                                             str(tmp_path))
-  assert first == pytest.approx(frechet.frechet_distance(features(generated), features(real)))
-  assert protocol['num_frames'] == 2 and protocol['resolution'] == [4, 4]
-  again, _ = evaluate.standard_metric('fvd', str(weights), features, generated, real * 0, data,
-                                      str(tmp_path))  # The stored real statistics are used.
-  assert again == first
-  data.frame_stride = 1
-  with pytest.raises(ValueError, match='frame_stride 4 -> 1'):
-    evaluate.standard_metric('fvd', str(weights), features, generated, real, data, str(tmp_path))
+  real, generated = rng.uniform(-1, 1, (2, 6, 16, 4, 6, 3))  # Wider than high: cropped.
+  new = lambda stride=2: standard.StandardMetrics(networks, str(tmp_path), 'clips test', 6, 16,
+                                                   stride, (4, 6), is_splits=2)
+  scores = new()
+  for part in (slice(0, 4), slice(4, 6)):  # Two batches.
+    scores.add(generated[part], real[part])
+  results, protocols = scores.results()
+  crop = lambda v: FakeClipNetwork(None).clip_features(v[:, :, :, 1:5])  # The centred 4x4.
+  assert results['fvd'] == pytest.approx(frechet.frechet_distance(crop(generated), crop(real)))
+  probs = FakeClipNetwork(None).clip_probs(generated[:, :, :, 1:5])
+  assert (results['is'], results['is_std']) == metrics.inception_score(probs, splits=2)
+  assert protocols['fvd']['preprocessing'] == protocol_lib.PREPROCESSING
+  assert protocols['fvd']['resolution'] == [4, 6] and protocols['is']['splits'] == 2
+  again = new()  # The stored real statistics are used: no real clips needed.
+  assert not again.needs_real
+  again.add(generated)
+  assert again.results()[0]['fvd'] == results['fvd']
+  with pytest.raises(ValueError, match='frame_stride 2 -> 1'):
+    new(stride=1)
+  with pytest.raises(ValueError, match='Video IS uses 16-frame clips'):
+    standard.StandardMetrics(networks, str(tmp_path / 'x'), 'clips test', 6, 8, 2, (4, 6))

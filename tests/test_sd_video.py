@@ -6,6 +6,7 @@ pipeline; the memory options (remat, bf16, chunked decoding) keep results.
 """
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -148,3 +149,35 @@ def test_chunked_vae_decoding_equals_whole(sd_run, sd_model):
 def test_frames_smaller_than_frame_size_raise(sd_model):
   with pytest.raises(ValueError, match='smaller than model.frame_size 16x32'):
     sd_model.stage.preprocess(dict(video=jnp.zeros((1, 2, 8, 8, 3))))
+
+
+def test_evaluate_a_text_run_samples_the_captions_and_scores_clip_similarity(
+    sd_run, tmp_path, monkeypatch):
+  from videoldm import evaluate  # pylint: disable=g-import-not-at-top
+  from videoldm.evaluation import clip_score  # pylint: disable=g-import-not-at-top
+  import sd_video_helpers  # pylint: disable=g-import-not-at-top
+  run_dir = tmp_path / 'run'  # A copy: the shared run's folder keeps only `video/`.
+  shutil.copytree(os.path.join(sd_run.run_dir, 'video'), run_dir / 'video')
+  prompts, scored = [], []
+  real_pipeline = evaluate.video_ldm.VideoLDM
+  monkeypatch.setattr(evaluate.video_ldm, 'VideoLDM', lambda models, settings: (
+      prompts.extend(settings.prompts), real_pipeline(models, settings))[1])
+  real_cosines = clip_score.ClipScorer.cosines
+  monkeypatch.setattr(clip_score.ClipScorer, 'cosines', lambda self, videos, captions: (
+      scored.append((np.asarray(videos), list(captions))),
+      real_cosines(self, videos, captions))[1])
+  num_frames = sd_run.config.data.num_frames
+  record = evaluate.evaluate(
+      str(run_dir), num_videos=3, num_frames=num_frames, batch_size=2,
+      networks=evaluate.standard.Networks(clip_dir=sd_video_helpers.tiny_clip_dir()))
+  data = evaluate.eval_data_config(sd_run.config.data, num_frames, None)
+  batches = evaluate.pipeline.make_dataset(data, data.eval_split, 2, shuffle=False, seed=0)
+  captions = [str(c) for _ in range(2) for c in next(batches)['caption_text']][:3]
+  assert prompts == captions  # Each video is generated from its real clip's caption.
+  assert [c for _, c in scored] == [captions[:2], captions[2:]]
+  assert all(videos.shape[1] == num_frames for videos, _ in scored)
+  scorer = clip_score.ClipScorer(sd_video_helpers.tiny_clip_dir())
+  mean = np.concatenate([real_cosines(scorer, v, c) for v, c in scored]).mean()
+  assert record['metrics']['clip_similarity'] == pytest.approx(float(mean), abs=1e-6)
+  assert 'fvd_md' not in record['metrics']  # Digit nets only for label runs.
+  assert os.path.isfile(run_dir / 'evaluation' / 'report.json')

@@ -2,8 +2,10 @@
 
 A Fréchet distance is comparable with another only under the same protocol:
 the feature network (its weights file's digest), which real clips (source,
-split, how many, frames per clip, frame stride) and their resolution before
-the network's own resize. `save_stats` writes the real features' mean and
+split, how many, frames per clip, frame stride), their resolution and the
+preprocessing before the network's own resize. The defaults are StyleGAN-V's
+FVD protocol: 2,048 clips of 16 consecutive frames, each frame centre-cropped
+to a square before the network resizes it (bilinear, no antialiasing). `save_stats` writes the real features' mean and
 covariance with the protocol; `load_stats` returns them only for an equal
 protocol and otherwise raises one error naming every field that differs, so
 statistics computed once are reused safely and a mismatch is never silent.
@@ -16,6 +18,10 @@ import os
 
 import numpy as np
 
+NUM_VIDEOS = 2048  # Clips per FVD / FID / IS evaluation (StyleGAN-V's fvd2048_16f).
+NUM_FRAMES = 16  # Frames per clip: FVD's and the C3D classifier's (video IS) clip length.
+PREPROCESSING = 'centre square crop, network resize (bilinear, no antialiasing)'
+
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
@@ -26,10 +32,19 @@ class Protocol:
   num_videos: int
   num_frames: int
   frame_stride: int
-  resolution: tuple[int, int]  # (h, w) of the frames given to the network.
+  resolution: tuple[int, int]  # (h, w) of the clips before preprocessing.
+  preprocessing: str = PREPROCESSING
 
   def to_json(self) -> dict:
     return dict(dataclasses.asdict(self), resolution=list(self.resolution))
+
+
+def centre_square(videos: np.ndarray) -> np.ndarray:
+  """The centred square crop of videos `(b, f, h, w, c)` (side min(h, w))."""
+  h, w = videos.shape[2:4]
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  return videos[:, :, top:top + side, left:left + side]
 
 
 def network_id(weights_path: str) -> str:
