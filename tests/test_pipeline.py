@@ -1,5 +1,7 @@
-"""The sampling stack: frame counts, kept frames, compile-once windows, MP4 output."""
+"""The sampling stack: frame counts, kept frames, compile-once windows, MP4 output, context
+from the user's media."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -10,6 +12,7 @@ import pytest
 from videoldm.pipelines import streams
 from videoldm.pipelines import video_ldm
 from videoldm.pipelines import writer
+from videoldm.stages import denoising
 from videoldm.stages import latents
 
 from stage_helpers import load_stage
@@ -108,3 +111,84 @@ def test_sampling_settings_reach_every_stage(models):
             options.eta) == (1, 4.0, 2.5, 0.5), name
     configured = models[name].stage.config.sampling  # Unset settings keep the trained ones.
     assert options.timestep_spacing == configured.timestep_spacing, name
+
+
+def test_context_frames_enter_only_through_the_mask(models):
+  pipeline = make_pipeline(models, num_frames=6, interpolation_passes=0)
+  rng = np.random.default_rng(1)
+  shape = (2, pipeline.window) + pipeline.latent_shape()[1:]
+  given = jnp.asarray(rng.normal(size=shape[:1] + (1,) + shape[2:]), jnp.float32)
+  mask = denoising.leading_frames_mask(jnp.full((2,), 1), pipeline.window)
+  zeros = jnp.zeros(shape).at[:, :1].set(given)
+  noise = jnp.asarray(rng.normal(size=shape), jnp.float32).at[:, :1].set(given)
+  predict = lambda known: pipeline.compiled('predict')(
+      models['video'].params, known, mask, pipeline.labels, jax.random.key(3))
+  out = predict(zeros)
+  np.testing.assert_array_equal(out, predict(noise))  # Masked frames' content is unseen.
+  np.testing.assert_array_equal(out[:, 0], given[:, 0])  # The context frame is kept exactly.
+
+
+class RecordingWriter:
+  """Stands in for the MP4 writer: keeps every frame written (MP4 is lossy)."""
+  frames = []
+
+  def __init__(self, *args, **kwargs):
+    del args, kwargs
+    RecordingWriter.frames = []
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def append(self, frame):
+    RecordingWriter.frames.append(np.asarray(frame))
+
+  @property
+  def count(self):
+    return len(RecordingWriter.frames)
+
+
+def test_first_frame_and_continuation_start_from_the_users_media(models, tmp_path, monkeypatch):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from videoldm.data import video_io  # pylint: disable=g-import-not-at-top
+  from videoldm.pipelines import generate  # pylint: disable=g-import-not-at-top
+  from videoldm.pipelines import user_media  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(generate.loading, 'load_run', lambda *args, **kwargs: dict(models))
+  monkeypatch.setattr(generate.writer, 'VideoWriter', RecordingWriter)
+  monkeypatch.setattr(generate.writer, 'check_outputs', lambda *args: None)
+  size = models['image'].stage.config.data.image_size
+  rng = np.random.default_rng(2)
+  image = rng.integers(0, 256, (size + 6, 2 * size, 3), dtype=np.uint8)  # Wide: cropped.
+  Image.fromarray(image).save(tmp_path / 'first.png')
+  settings = video_ldm.Settings(num_frames=5, labels=(3, 7), interpolation_passes=0)
+  first = str(tmp_path / 'first.png')
+  assert generate.generate('run', settings, 'x.mp4', 8.0, first_frame=first) == 5
+  given = user_media.to_unit_range(video_io.resize_cover_crop(image, size, size))
+  image_model = models['image']
+  encoded = image_model.stage.encode(image_model.params, jnp.asarray(given)[None, None])
+  round_trip = jnp.clip(latents.decode_latents(image_model.stage.autoencoder, image_model.params,
+                                               encoded), -1, 1)[0, 0]
+  for video in RecordingWriter.frames[0]:  # Both videos start with the image, up to the AE.
+    np.testing.assert_allclose(video, round_trip, atol=1e-5)
+
+  clip = rng.integers(0, 256, (7, size, size + 8, 3), dtype=np.uint8)
+  video_io.write_video(str(tmp_path / 'clip.mp4'), clip, fps=8)
+  user = video_io.resize_video(video_io.read_video(str(tmp_path / 'clip.mp4')), size, size)
+  settings = dataclasses.replace(settings, interpolation_passes=1)
+  count = generate.generate('run', settings, 'x.mp4', 8.0,
+                            continue_video=str(tmp_path / 'clip.mp4'))
+  assert count == len(RecordingWriter.frames) == 7 + 5  # The clip, then 5 new frames.
+  for written, original in zip(RecordingWriter.frames[:7], user):
+    np.testing.assert_array_equal(writer.to_uint8(written)[0], original)  # Unchanged.
+  context = user_media.continuation(str(tmp_path / 'clip.mp4'), size, size, key_spacing=4)
+  assert context.skip == 5
+  np.testing.assert_array_equal(context.frames, user_media.to_unit_range(user[[2, 6]]))
+
+  (tmp_path / 'text.png').write_text('not an image')
+  with pytest.raises(ValueError, match=r"Could not read the image .*text\.png.*expected an image"):
+    generate.generate('run', settings, 'x.mp4', 8.0, first_frame=str(tmp_path / 'text.png'))
+  (tmp_path / 'empty.mp4').write_bytes(b'')
+  with pytest.raises(ValueError, match=r"Could not read the video .*empty\.mp4.*expected a video"):
+    generate.generate('run', settings, 'x.mp4', 8.0, continue_video=str(tmp_path / 'empty.mp4'))

@@ -68,6 +68,13 @@ def test_text_prompts_sample_through_the_pipeline(sd_model):
   other = np.stack([np.asarray(f) for f in pipe.frames()], axis=1)
   np.testing.assert_array_equal(other[0], video[0])
   assert np.max(np.abs(other[1] - video[1])) > 1e-3
+  # Image-to-video from a text prompt: the given frame starts each video (up to the VAE).
+  first = np.random.default_rng(4).uniform(-1, 1, (2, 1, 16, 32, 3)).astype(np.float32)
+  pipe = video_ldm.VideoLDM({'video': sd_model}, video_ldm.Settings(prompts=PROMPTS, **settings))
+  started = np.stack([np.asarray(f) for f in pipe.frames(given_frames=first)], axis=1)
+  round_trip = sd_model.stage.decode(sd_model.params, pipe.encode(first))
+  assert started.shape == video.shape
+  np.testing.assert_allclose(started[:, 0], np.clip(round_trip[:, 0], -1, 1), atol=1e-5)
 
 
 def test_prompts_for_a_class_model_and_labels_for_a_text_model_raise(sd_model):

@@ -17,6 +17,12 @@ A text run trained by `videoldm.train_chain` also has `decoder/` (SD's VAE with 
 temporal decoder) and `upsampler/` (the x4 latent video upsampler, which
 tokenizes the prompts with its own text encoder): `--upsample` gives 4x the
 key-frame size.
+
+Start from your own media (label or text mode): `--first_frame=img.png` begins
+every video with the image (through the run's autoencoder, so up to its
+round trip); `--continue_video=clip.mp4` writes the clip's frames unchanged
+and appends `--num_frames` new ones, with its last key frames as context.
+Both are scaled to cover the model's frame size and centre-cropped.
 Writes the MP4 (and GIF with `--gif`) and `<out>_frames.png`, a contact sheet
 of every 4th frame, one row per video; existing files are kept unless `--overwrite`.
 """
@@ -48,6 +54,8 @@ _ETA = flags.DEFINE_float('eta', None, 'DDIM eta (0 = deterministic).')
 _INTERPOLATION = flags.DEFINE_integer('interpolation_passes', 1, 'T -> 4T passes: 0, 1 or 2.')
 _UPSAMPLE = flags.DEFINE_bool('upsample', False, 'Apply the x4 video upsampler.')
 _WINDOW = flags.DEFINE_integer('window_frames', None, 'Frames per prediction window.')
+_FIRST_FRAME = flags.DEFINE_string('first_frame', None, 'Image the videos start from.')
+_CONTINUE = flags.DEFINE_string('continue_video', None, 'Video file to continue (appended to).')
 _GIF = flags.DEFINE_bool('gif', False, 'Also write a GIF next to the MP4.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace existing output files.')
 
@@ -79,7 +87,8 @@ def main(argv):
   logs.quiet_libraries()
   count = generate.generate(_WORKDIR.value, settings_from_flags(), _OUT.value, _FPS.value,
                             _GIF.value, spatial_from=_SPATIAL_FROM.value,
-                            overwrite=_OVERWRITE.value)
+                            overwrite=_OVERWRITE.value, first_frame=_FIRST_FRAME.value,
+                            continue_video=_CONTINUE.value)
   logging.info('Done: %d frames in %s.', count, _OUT.value)
 
 

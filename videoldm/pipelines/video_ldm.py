@@ -73,6 +73,14 @@ def num_key_frames(settings: Settings) -> int:
   return math.ceil((settings.num_frames - 1) / factor) + 1
 
 
+def frame_size(models: dict, settings: Settings) -> tuple[int, int]:
+  """(H, W) of the key frames: the image stage's (the video stage's in text mode)."""
+  stage = models['video' if settings.prompts else 'image'].stage
+  h, w = settings.latent_size or stage.latent_size()
+  factor = stage.autoencoder.config.downsampling_factor
+  return h * factor, w * factor
+
+
 def batch_mesh(batch: int, devices=None) -> jax.sharding.Mesh | None:
   """A 1-D 'batch' mesh over `devices` (default: this process's) if they divide `batch`."""
   if devices is None:
