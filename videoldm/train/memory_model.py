@@ -152,7 +152,10 @@ def _walk(cfg, frames: int, height: int, width: int, text_length: int,
   def spatial(block, level, c):
     e, hw = size(level, c), (height >> level) * (width >> level)
     keys = text_length if only_cross[level] else hw
-    saved, dots, scores = transformer_block(e, frames * hw, keys, heads[level], cross, tr)
+    saved, dots, scores = 0.0, 0.0, 0.0
+    for _ in range(depth[level]):
+      s, d, sc = transformer_block(e, frames * hw, keys, heads[level], cross, tr)
+      saved, dots, scores = saved + s, dots + d, scores + sc
     saved += _COUNTS['wrapper'][tr] * e * itemsize
     dots += _DOTS['proj'] * e * itemsize * cfg.use_linear_projection
     add(block, saved, dots, e, scores)
@@ -223,11 +226,11 @@ def activation_bytes(unet_config, batch_size: int, frames: int, height: int, wid
   if policy not in POLICIES:
     raise ValueError(f'policy={policy!r} is not one of {POLICIES}.')
   layers = _walk(unet_config, frames, height, width, text_length, spatial_trainable)
-  boundary = sum(l.saved for l in layers if l.block == 'boundary')
-  inner = [l for l in layers if l.block != 'boundary']
-  work = max(l.work for l in inner)
+  boundary = sum(layer.saved for layer in layers if layer.block == 'boundary')
+  inner = [layer for layer in layers if layer.block != 'boundary']
+  work = max(layer.work for layer in inner)
   if policy == 'none':
-    saved = boundary + sum(l.saved for l in inner)
+    saved = boundary + sum(layer.saved for layer in inner)
   else:  # Block inputs/outputs, plus the recomputed activations of the largest block.
     blocks = {}
     for layer in inner:
@@ -235,7 +238,7 @@ def activation_bytes(unet_config, batch_size: int, frames: int, height: int, wid
           layer.dots if policy == 'dots_saveable' else 0.0)
     saved = boundary + max(blocks.values())
     if policy == 'dots_saveable':
-      saved += sum(l.dots for l in inner)
+      saved += sum(layer.dots for layer in inner)
   return batch_size * saved, batch_size * work
 
 
