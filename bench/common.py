@@ -65,6 +65,17 @@ def spread(values: Sequence[float]) -> str:
   return f'{1e3 * median(values):.1f} ms ({1e3 * min(values):.1f}-{1e3 * max(values):.1f})'
 
 
+def vector_extensions() -> str:
+  """The CPU's SIMD extensions that matter for matmuls and convolutions (from /proc/cpuinfo)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), [])
+  except OSError:
+    return 'extensions unknown'
+  wanted = [flag for flag in flags if flag.startswith(('avx', 'amx', 'fma', 'neon', 'sve'))]
+  return ' '.join(wanted) or 'no AVX'
+
+
 def machine() -> str:
   """CPU model, core count, load average, and the accelerator if jax sees one."""
   model = platform.processor() or 'unknown CPU'
@@ -75,7 +86,7 @@ def machine() -> str:
   except OSError:
     pass
   load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
-  text = f'{model}, {os.cpu_count()} cores, load avg {load}'
+  text = f'{model} ({vector_extensions()}), {os.cpu_count()} cores, load avg {load}'
   if 'jax' in sys.modules:
     import jax  # pylint: disable=import-outside-toplevel
     device = jax.devices()[0]

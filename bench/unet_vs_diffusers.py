@@ -7,6 +7,10 @@ float32, both pinned to the same CPU cores. Likewise the KL autoencoder
 decode (SD VAE layout at half width) of 8 latents 32x32x4 -> 256x256x3.
 
   python bench/unet_vs_diffusers.py [--threads=2] [--repeats=7] [--batch=8]
+  python bench/unet_vs_diffusers.py --size=sd15 --batch=2   # SD 1.5 U-Net and VAE
+
+`--size=sd15`: the published SD 1.5 widths (U-Net 320/640/1280/1280, 768-d text
+context; VAE 128/256/512/512), 32x32x4 latents.
 """
 
 import argparse
@@ -19,6 +23,7 @@ PARSER.add_argument('--threads', type=int, default=2)
 PARSER.add_argument('--repeats', type=int, default=7)
 PARSER.add_argument('--batch', type=int, default=8)
 PARSER.add_argument('--skip_vae', action='store_true')
+PARSER.add_argument('--size', choices=('mid', 'sd15'), default='mid')
 ARGS = PARSER.parse_args()
 CORES = common.configure_cpu_threads(ARGS.threads) if ARGS.threads else None
 
@@ -40,6 +45,10 @@ UNET = dict(sample_size=32, in_channels=4, out_channels=4,
 VAE = dict(block_out_channels=[64, 128, 256, 256], layers_per_block=2, latent_channels=4,
            down_block_types=['DownEncoderBlock2D'] * 4, up_block_types=['UpDecoderBlock2D'] * 4,
            norm_num_groups=32, sample_size=256)
+if ARGS.size == 'sd15':
+  UNET.update(block_out_channels=[320, 640, 1280, 1280], cross_attention_dim=768)
+  VAE.update(block_out_channels=[128, 256, 512, 512])
+CONTEXT_DIM = UNET['cross_attention_dim']
 
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -59,7 +68,7 @@ def unet_case(batch: int):
   rng = np.random.default_rng(0)
   x = rng.standard_normal((batch, 32, 32, 4)).astype(np.float32)
   t = np.full((batch,), 500.0, np.float32)
-  context = rng.standard_normal((batch, 77, 256)).astype(np.float32)
+  context = rng.standard_normal((batch, 77, CONTEXT_DIM)).astype(np.float32)
   ours = jax.jit(lambda p, x, t, c: model.apply({'params': p}, x, t, c))
   args = [jax.device_put(a) for a in (params, x, t, context)]
   torch_model.to(DEVICE)
@@ -105,7 +114,7 @@ def main():
     rows.append([name, common.spread(times['ours']), common.spread(times['diffusers']),
                  f'{ratio:.2f}x', f'{error:.1e}'])
   common.report(
-      'Figure 1: forward vs diffusers (same weights, float32)',
+      f'Figure 1: forward vs diffusers (same weights, float32, {ARGS.size} size)',
       ['model', 'ours (jit)', 'diffusers (torch)', 'our throughput / theirs', 'rel. error'],
       rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores); '
              f'batch {ARGS.batch}, latents 32x32x4; median (min-max) of {ARGS.repeats} '
