@@ -28,6 +28,7 @@ from videoldm import stages
 from videoldm.data import data_config
 from videoldm.models import params as params_lib
 from videoldm.models import video_unet
+from videoldm.stages import denoising
 
 # Each stage starts from its predecessor's workdir (`init_from`): `videoldm.stages.STAGES`.
 TEMPORAL = params_lib.TEMPORAL_PATTERN
@@ -169,6 +170,9 @@ def get_config(arg=None):
   config.model.centre_latents = True  # Per-channel latent means folded into the autoencoder.
   config.model.label_dropout = 0.1
   config.model.context_probs = (0.2, 0.4, 0.4)  # P(S = 0), P(S = 1), P(S = 2).
+  # Joint image-video training (the video stages; `stages.denoising`): image_fraction of
+  # each batch's examples train as images; loss = image_weight L_image + video_weight L_video.
+  config.model.joint = denoising.joint_config()
   config.model.interpolation = dict(num_key_frames=2, strides=(4, 1))  # Regimes 0 and 1.
   # Residual: the diffusion model generates only the (small, so scaled up) detail over the
   # resized low-res frames; the plain model redraws digits as blotches (bench/HISTORY.md,

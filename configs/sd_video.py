@@ -47,6 +47,7 @@ from videoldm.models import text as text_lib
 from videoldm.models import unet as unet_lib
 from videoldm.models import params as params_lib
 from videoldm.models import video_unet
+from videoldm.stages import denoising
 
 TEMPORAL = params_lib.TEMPORAL_PATTERN
 
@@ -194,6 +195,9 @@ def get_config(arg=None):
   config.model.frame_size = (320, 512)  # (h, w) centre crop.
   config.model.caption_dropout = 0.1
   config.model.context_probs = (0.5, 0.25, 0.25)  # P(S = 0), P(S = 1), P(S = 2).
+  # Joint image-video training (the video stages; `stages.denoising`): image_fraction of
+  # each batch's examples train as images; loss = image_weight L_image + video_weight L_video.
+  config.model.joint = denoising.joint_config()
   # text_interpolation: K key frames per window of 4 (K - 1) + 1 frames; the window's frame
   # stride in regime 0 (T -> 4T) and 1 (4T -> 16T). Key frames sampled at data.frame_stride
   # 4 (one pass) or 16 (two passes) match them.

@@ -101,6 +101,9 @@ ADDED_FIELDS = (
     ('model.upsampler_unet.only_cross_attention', (), 'model.upsampler_unet'),
     ('model.unet.temporal.attention', 'temporal', 'model.unet.temporal'),
     ('model.upsampler_unet.temporal.attention', 'temporal', 'model.upsampler_unet.temporal'),
+    ('model.joint.image_fraction', 0.0, 'model.context_probs'),
+    ('model.joint.image_weight', 1.0, 'model.context_probs'),
+    ('model.joint.video_weight', 1.0, 'model.context_probs'),
 )
 
 
@@ -119,7 +122,7 @@ def upgrade_config(saved: dict) -> ml_collections.ConfigDict:
       *parents, leaf = dotted.split('.')
       node = saved
       for parent in parents:
-        node = node[parent]
+        node = node.setdefault(parent, {})
       node[leaf] = value
   return ml_collections.ConfigDict(saved)
 

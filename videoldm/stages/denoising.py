@@ -1,10 +1,20 @@
 """What the latent diffusion stages train with: the schedule, noising, Eq. 1's loss, masks.
 
+Joint image-video training (`model.joint`, the video and text_video stages) mixes
+images into every video batch: its first `round(image_fraction * b)` examples
+have their frames trained as independent images, with `image_only_indicator`
+True on every frame (alpha = 1 in each `learned_with_images` blender, so the
+temporal layers get no gradient from them) and no context frames; the loss is
+`image_weight * L_image + video_weight * L_video`. The split is a function of
+the batch position only, so the data iterator (shuffled, checkpointed) serves
+both kinds of example deterministically and resumably.
+
 Sampling lives in `videoldm.diffusion.sampling`; latents in `stages.latents`.
 """
 
 import dataclasses
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,11 +47,13 @@ def add_noise(schedule: diffusion.Schedule, x0: jax.Array, key: jax.Array) -> No
 
 
 def denoising_loss(config: ml_collections.ConfigDict, schedule: diffusion.Schedule,
-                   prediction: jax.Array, x0: jax.Array, noised: Noised) -> jax.Array:
+                   prediction: jax.Array, x0: jax.Array, noised: Noised,
+                   mask: jax.Array | None = None) -> jax.Array:
   """Eq. 1 with the configured objective (eps or v) and weighting, over every frame.
 
   Prediction and interpolation models use it unmasked as the paper's Eq. 3:
   context frames count too (the model learns to reproduce what it is given).
+  `mask` (e.g. `(b,)`, 1 on the examples that count) restricts the mean.
   """
   d = config.diffusion
   alpha = diffusion.expand_to(noised.alpha, x0.ndim)
@@ -50,7 +62,65 @@ def denoising_loss(config: ml_collections.ConfigDict, schedule: diffusion.Schedu
   return diffusion.diffusion_loss(
       prediction, target, log_snr=schedule.log_snr(noised.t),
       prediction_type=d.prediction_type, weighting=d.loss_weighting,
-      min_snr_gamma=d.min_snr_gamma)
+      min_snr_gamma=d.min_snr_gamma, mask=mask)
+
+
+def joint_config() -> ml_collections.ConfigDict:
+  """`config.model.joint` (see the module docstring); the defaults train on video only.
+
+  image_fraction: share of each batch's examples trained as images, in [0, 1].
+  image_weight, video_weight: lambda_img and lambda_vid of the loss.
+  """
+  return ml_collections.ConfigDict(dict(image_fraction=0.0, image_weight=1.0, video_weight=1.0))
+
+
+def check_joint_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first inconsistent `model.joint` field."""
+  joint = config.model.joint
+  if not 0.0 <= joint.image_fraction <= 1.0:
+    raise ValueError(f'model.joint.image_fraction={joint.image_fraction} must lie in [0, 1].')
+  if joint.image_weight < 0 or joint.video_weight < 0:
+    raise ValueError(f'model.joint.image_weight={joint.image_weight} and video_weight='
+                     f'{joint.video_weight} must both be non-negative.')
+  strategy = config.model.unet.temporal.merge_strategy
+  if joint.image_fraction > 0 and strategy != 'learned_with_images':
+    raise ValueError(f'model.joint.image_fraction={joint.image_fraction} needs '
+                     "model.unet.temporal.merge_strategy='learned_with_images' (alpha = 1 on "
+                     f'images), got {strategy!r}.')
+
+
+def num_image_examples(config: ml_collections.ConfigDict, batch_size: int) -> int:
+  """How many leading examples of a batch train as images: round(image_fraction * b)."""
+  check_joint_config(config)
+  return round(config.model.joint.image_fraction * batch_size)
+
+
+def image_indicator(num_images: int, batch_size: int, num_frames: int) -> jax.Array:
+  """`(b, f)` bool `image_only_indicator`: True on every frame of the first `num_images`."""
+  images = jnp.arange(batch_size) < num_images  # (b,)
+  return einops.repeat(images, 'b -> b f', f=num_frames)  # (b, f)
+
+
+def joint_loss(config: ml_collections.ConfigDict, schedule: diffusion.Schedule,
+               prediction: jax.Array, x0: jax.Array, noised: Noised,
+               num_images: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(`image_weight * L_image + video_weight * L_video`, the two terms as metrics).
+
+  L_image is Eq. 1 over the first `num_images` examples, L_video over the rest;
+  with no images, exactly `video_weight * denoising_loss(...)`.
+  """
+  joint = config.model.joint
+  b = x0.shape[0]
+  if not num_images:
+    loss = denoising_loss(config, schedule, prediction, x0, noised)
+    return (loss if joint.video_weight == 1.0 else joint.video_weight * loss), {}
+  images = (jnp.arange(b) < num_images).astype(jnp.float32)  # (b,)
+  image_loss = denoising_loss(config, schedule, prediction, x0, noised, mask=images)
+  if num_images == b:
+    return joint.image_weight * image_loss, {'image_loss': image_loss}
+  video_loss = denoising_loss(config, schedule, prediction, x0, noised, mask=1.0 - images)
+  loss = joint.image_weight * image_loss + joint.video_weight * video_loss
+  return loss, {'image_loss': image_loss, 'video_loss': video_loss}
 
 
 def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:

@@ -12,6 +12,8 @@ Param tree: `autoencoder/`, `latent_scale`, `text_encoder/` (frozen CLIP),
 `unet/` (spatial + temporal). `init_params` only builds random params; the SD
 weights arrive through `init_from.path` (a file written by
 `python -m videoldm.convert.temporal_transfer --sd_path=... --out=...`).
+`model.joint` mixes images into the batches as the video stage does (joint
+image-video training, `stages.denoising`).
 
 Memory options (config.model):
   remat: '' (off) or 'blocks' (`nn.remat` on every U-Net block, `models.remat`);
@@ -125,11 +127,13 @@ class TextVideoStage(video_stage.VideoStage):
     return dict(autoencoder=ae_params, latent_scale=scale, text_encoder=text_params,
                 unet=unet_params)
 
-  def apply_unet(self, params, x, t, text_context, context_latents, mask):
+  def apply_unet(self, params, x, t, text_context, context_latents, mask,
+                 image_only_indicator=None):
     extra = {}
     if self.config.model.unet.temporal.context_frames:
       extra = dict(context_latents=context_latents, context_mask=mask)
-    out = self.unet.apply({'params': params['unet']}, x, t, context=text_context, **extra)
+    out = self.unet.apply({'params': params['unet']}, x, t, context=text_context,
+                          image_only_indicator=image_only_indicator, **extra)
     return out.astype(jnp.float32)
 
   def cache_entries(self, params, batch) -> dict:
@@ -156,15 +160,21 @@ class TextVideoStage(video_stage.VideoStage):
     enc_key, noise_key, drop_key, mask_key = jax.random.split(rng, 4)
     z0 = latents.batch_latents(self.autoencoder, params, batch, enc_key)  # Pixels or cache.
     b, f = z0.shape[:2]
+    num_images = denoising.num_image_examples(self.config, b)
     text_context, drop = self.training_text_context(params, batch, drop_key)
     mask = jnp.zeros((b, f))
     if self.config.model.unet.temporal.context_frames:
       mask = self.context_mask(mask_key, b, f)
+    images = {}
+    if num_images:  # Their frames: alpha = 1 in every blender and no context frames.
+      images['image_only_indicator'] = denoising.image_indicator(num_images, b, f)  # (b, f)
+      mask = jnp.where(images['image_only_indicator'], 0.0, mask)
     noised = denoising.add_noise(self.schedule, z0, noise_key)
-    prediction = self.apply_unet(params, noised.x_t, noised.t, text_context, z0, mask)
-    loss = denoising.denoising_loss(self.config, self.schedule, prediction, z0, noised)
+    prediction = self.apply_unet(params, noised.x_t, noised.t, text_context, z0, mask, **images)
+    loss, metrics = denoising.joint_loss(self.config, self.schedule, prediction, z0, noised,
+                                         num_images)
     return loss, {'context_frames': jnp.mean(jnp.sum(mask, axis=1)),
-                  'captions_dropped': jnp.mean(drop.astype(jnp.float32))}
+                  'captions_dropped': jnp.mean(drop.astype(jnp.float32)), **metrics}
 
   def sample_window(self, params, known, mask, cond, key, options):
     """One DDIM window from token ids `cond` `(b, n)`, with text and context guidance.

@@ -8,6 +8,9 @@ S = 0 trains the unconditional branch that context guidance (Eq. 4) needs.
 `config.trainable` selects the temporal params (`unet/...temporal...`); set it
 to `^unet/` for the paper's end-to-end ablation.
 
+`config.model.joint` mixes images into the batches (joint image-video training,
+`stages.denoising`).
+
 Param tree: `autoencoder/`, `latent_scale`, `unet/` (spatial + temporal).
 """
 
@@ -30,6 +33,7 @@ class VideoStage(latents.LatentStage):
     self.autoencoder = autoencoder_lib.AutoencoderKL(latents.autoencoder_config(config))
     self.unet = video_unet_lib.VideoUNet(config.model.unet)
     self.schedule = denoising.make_schedule(config)
+    denoising.check_joint_config(config)
 
   def init_params(self, rng, batch):
     ae_key, unet_key = jax.random.split(rng)
@@ -49,23 +53,30 @@ class VideoStage(latents.LatentStage):
     num_context = denoising.sample_num_context(key, batch_size, self.config.model.context_probs)
     return denoising.leading_frames_mask(num_context, num_frames)
 
-  def apply_unet(self, params, x, t, labels, context_latents, mask):
+  def apply_unet(self, params, x, t, labels, context_latents, mask, image_only_indicator=None):
     return self.unet.apply({'params': params['unet']}, x, t, class_labels=labels,
-                           context_latents=context_latents, context_mask=mask)
+                           context_latents=context_latents, context_mask=mask,
+                           image_only_indicator=image_only_indicator)
 
   def loss_fn(self, params, batch, rng, step):
     del step
     enc_key, noise_key, drop_key, mask_key = jax.random.split(rng, 4)
     z0 = latents.batch_latents(self.autoencoder, params, batch, enc_key)  # Pixels or cache.
     b, f = z0.shape[:2]
+    num_images = denoising.num_image_examples(self.config, b)
     labels = denoising.drop_labels(drop_key, denoising.class_labels(batch),
                                 self.config.model.label_dropout,
                                 unet_lib.null_class_label(self.config.model.unet))
     mask = self.context_mask(mask_key, b, f)
+    images = {}
+    if num_images:  # Their frames: alpha = 1 in every blender and no context frames.
+      images['image_only_indicator'] = denoising.image_indicator(num_images, b, f)  # (b, f)
+      mask = jnp.where(images['image_only_indicator'], 0.0, mask)
     noised = denoising.add_noise(self.schedule, z0, noise_key)
-    prediction = self.apply_unet(params, noised.x_t, noised.t, labels, z0, mask)
-    loss = denoising.denoising_loss(self.config, self.schedule, prediction, z0, noised)
-    return loss, {'context_frames': jnp.mean(jnp.sum(mask, axis=1))}
+    prediction = self.apply_unet(params, noised.x_t, noised.t, labels, z0, mask, **images)
+    loss, metrics = denoising.joint_loss(self.config, self.schedule, prediction, z0, noised,
+                                         num_images)
+    return loss, {'context_frames': jnp.mean(jnp.sum(mask, axis=1)), **metrics}
 
   def sample_window(self, params, known, mask, cond, key, options):
     """Context guidance (Eq. 4) and label guidance over one window, one model call per step."""
