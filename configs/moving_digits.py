@@ -168,6 +168,9 @@ def get_config(arg=None):
     config.model.loss.disc_start = 0
   config.model.calibrate_latent_scale = True
   config.model.centre_latents = True  # Per-channel latent means folded into the autoencoder.
+  # > 0: the video stage diffuses the frames (read as p x p patches) with no autoencoder, the
+  # pixel-space baseline of bench/ablations.py; model.unet then takes 3 p^2 channels.
+  config.model.pixel_patch_size = 0
   config.model.label_dropout = 0.1
   config.model.context_probs = (0.2, 0.4, 0.4)  # P(S = 0), P(S = 1), P(S = 2).
   # Joint image-video training (the video stages; `stages.denoising`): image_fraction of

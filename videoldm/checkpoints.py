@@ -99,6 +99,7 @@ ADDED_FIELDS = (
     ('data.cache_dir', '', 'data'),
     ('model.unet.only_cross_attention', (), 'model.unet'),
     ('model.upsampler_unet.only_cross_attention', (), 'model.upsampler_unet'),
+    ('model.pixel_patch_size', 0, 'model.autoencoder'),
     ('model.unet.temporal.attention', 'temporal', 'model.unet.temporal'),
     ('model.upsampler_unet.temporal.attention', 'temporal', 'model.upsampler_unet.temporal'),
     ('model.joint.image_fraction', 0.0, 'model.context_probs'),

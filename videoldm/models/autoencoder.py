@@ -333,3 +333,53 @@ class AutoencoderKL(nn.Module):
     posterior = self.encode(x)
     z = posterior.mode() if key is None else posterior.sample(key)
     return self.decode(z, **block_kwargs), posterior
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelAutoencoderConfig:
+  """`PixelAutoencoder`: frames of `in_channels`, read as `patch_size` x `patch_size` patches."""
+
+  in_channels: int = 3
+  patch_size: int = 1
+  scaling_factor: float = 1.0
+
+  @property
+  def downsampling_factor(self) -> int:
+    return self.patch_size
+
+  @property
+  def latent_channels(self) -> int:
+    return self.in_channels * self.patch_size**2
+
+
+class PixelAutoencoder(nn.Module):
+  """No autoencoder, for pixel-space diffusion: frames `(b, h, w, c)` <-> their `p x p`
+  patches stacked in channels, `(b, h/p, w/p, p p c)`.
+
+  A parameter-free permutation of the pixels, so diffusion on these "latents" is diffusion
+  on the frames themselves (the paper's pixel-space baseline, Table 1); `p > 1` only lets
+  the denoiser read the frames at a lower resolution with more channels (space-to-depth).
+  The posterior is a point mass (logvar -inf): `sample(key)` returns the patches exactly.
+  """
+
+  config: PixelAutoencoderConfig
+
+  def encode(self, x: jax.Array) -> DiagonalGaussian:
+    p = self.config.patch_size
+    if x.ndim != 4 or x.shape[-1] != self.config.in_channels or x.shape[1] % p or x.shape[2] % p:
+      raise ValueError(f'Pixel autoencoder input must have shape (b, h, w, '
+                       f'{self.config.in_channels}) with h, w divisible by {p}, got {x.shape}.')
+    z = einops.rearrange(x, 'b (h p) (w q) c -> b h w (p q c)', p=p, q=p)  # b h w (p q c)
+    return DiagonalGaussian(z, jnp.full_like(z, -jnp.inf))
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    p = self.config.patch_size
+    if z.shape[-1] != self.config.latent_channels:
+      raise ValueError(f'Pixel latents must have {self.config.latent_channels} channels '
+                       f'(last axis), got shape {z.shape}.')
+    return einops.rearrange(z, 'b h w (p q c) -> b (h p) (w q) c', p=p, q=p)  # b H W c
+
+  def __call__(self, x: jax.Array, key: jax.Array | None = None):
+    posterior = self.encode(x)
+    z = posterior.mode() if key is None else posterior.sample(key)
+    return self.decode(z), posterior

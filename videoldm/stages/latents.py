@@ -14,6 +14,12 @@ then spends its signal on the offsets). The shift is folded into the frozen
 autoencoder's `quant_conv` / `post_quant_conv` biases (`centred_autoencoder`):
 posterior means move by -shift and decoding is exactly unchanged, so no new
 parameter or file format is needed.
+
+With `config.model.pixel_patch_size` > 0 (the video stage only) there is no
+autoencoder: `make_autoencoder` gives a `PixelAutoencoder`, the identity up to
+reading the frames as p x p patches, and the stage diffuses the frames
+themselves (the paper's pixel-space baseline); its param tree then has no
+`autoencoder/` and `latent_scale` stays 1.
 """
 
 import einops
@@ -31,6 +37,27 @@ def autoencoder_config(config: ml_collections.ConfigDict) -> autoencoder_lib.Aut
   return autoencoder_lib.AutoencoderConfig(**fields)
 
 
+def make_autoencoder(config: ml_collections.ConfigDict):
+  """`AutoencoderKL` of `config.model.autoencoder`, or with `config.model.pixel_patch_size`
+  > 0 the parameter-free `PixelAutoencoder`, whose latents the U-Net must match."""
+  patch = config.model.get('pixel_patch_size', 0)
+  if not patch:
+    return autoencoder_lib.AutoencoderKL(autoencoder_config(config))
+  pixel = autoencoder_lib.PixelAutoencoderConfig(
+      in_channels=config.model.autoencoder.in_channels, patch_size=patch)
+  unet = config.model.unet
+  if (unet.in_channels, unet.out_channels) != (pixel.latent_channels,) * 2:
+    raise ValueError(f'Pixel space with patch size {patch} needs model.unet.in_channels and '
+                     f'out_channels {pixel.latent_channels}, got {unet.in_channels} and '
+                     f'{unet.out_channels}.')
+  return autoencoder_lib.PixelAutoencoder(pixel)
+
+
+def _variables(params) -> dict:
+  """The autoencoder's variables in a stage's params (none for `PixelAutoencoder`)."""
+  return {'params': params.get('autoencoder', {})}
+
+
 def frames_of(video: jax.Array) -> jax.Array:
   return einops.rearrange(video, 'b f h w c -> (b f) h w c')  # (b f) h w c
 
@@ -41,7 +68,7 @@ def encode_video(autoencoder: autoencoder_lib.AutoencoderKL, params, video: jax.
 
   A posterior sample with `key`, its mean without.
   """
-  posterior = autoencoder.apply({'params': params['autoencoder']}, frames_of(video),
+  posterior = autoencoder.apply(_variables(params), frames_of(video),
                                 method=autoencoder.encode)
   z = posterior.mode() if key is None else posterior.sample(key)
   z = jax.lax.stop_gradient(z) * params['latent_scale']
@@ -51,7 +78,7 @@ def encode_video(autoencoder: autoencoder_lib.AutoencoderKL, params, video: jax.
 def posterior(autoencoder: autoencoder_lib.AutoencoderKL, params,
               video: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Unscaled posterior (mean, logvar), each `(b, f, h, w, c)`, of video `(b, f, H, W, 3)`."""
-  gaussian = autoencoder.apply({'params': params['autoencoder']}, frames_of(video),
+  gaussian = autoencoder.apply(_variables(params), frames_of(video),
                                method=autoencoder.encode)
   split = lambda x: einops.rearrange(x, '(b f) h w c -> b f h w c', b=video.shape[0])
   return split(gaussian.mean), split(gaussian.logvar)
@@ -78,7 +105,7 @@ def batch_latents(autoencoder: autoencoder_lib.AutoencoderKL, params, batch: dic
 def decode_latents(autoencoder: autoencoder_lib.AutoencoderKL, params,
                    latents: jax.Array) -> jax.Array:
   """Scaled latents `(b, f, h, w, c)` -> video `(b, f, H, W, 3)` (frame by frame)."""
-  frames = autoencoder.apply({'params': params['autoencoder']},
+  frames = autoencoder.apply(_variables(params),
                              frames_of(latents) / params['latent_scale'],
                              method=autoencoder.decode)
   return einops.rearrange(frames, '(b f) h w c -> b f h w c', b=latents.shape[0])
@@ -86,9 +113,9 @@ def decode_latents(autoencoder: autoencoder_lib.AutoencoderKL, params,
 
 def init_autoencoder_params(autoencoder: autoencoder_lib.AutoencoderKL, rng: jax.Array,
                             image_size: int) -> dict:
-  """Fresh autoencoder params (normally replaced by `init_from`)."""
+  """Fresh autoencoder params (normally replaced by `init_from`); {} for `PixelAutoencoder`."""
   images = jnp.zeros((1, image_size, image_size, autoencoder.config.in_channels))
-  return autoencoder.init(rng, images)['params']
+  return dict(autoencoder.init(rng, images).get('params', {}))
 
 
 def calibrated_latent_scale(autoencoder, params, video: jax.Array) -> jax.Array:

@@ -6,19 +6,20 @@ Paper Eq. 2 (train phi, keep the image backbone theta frozen) and Eq. 3
 model as `c_S = (m_S * z, m_S)`, and the loss covers the frames to predict.
 S = 0 trains the unconditional branch that context guidance (Eq. 4) needs.
 `config.trainable` selects the temporal params (`unet/...temporal...`); set it
-to `^unet/` for the paper's end-to-end ablation.
+to `^unet/` for the paper's end-to-end ablation, and with it a positive
+`config.model.pixel_patch_size` for the pixel-space baseline: no autoencoder, the
+model diffuses the frames (`stages.latents.make_autoencoder`).
 
 `config.model.joint` mixes images into the batches (joint image-video training,
 `stages.denoising`).
 
-Param tree: `autoencoder/`, `latent_scale`, `unet/` (spatial + temporal).
+Param tree: `autoencoder/` (not in pixel space), `latent_scale`, `unet/` (spatial + temporal).
 """
 
 import jax
 import jax.numpy as jnp
 
 from videoldm.diffusion import sampling
-from videoldm.models import autoencoder as autoencoder_lib
 from videoldm.models import unet as unet_lib
 from videoldm.models import video_unet as video_unet_lib
 from videoldm.stages import denoising
@@ -30,7 +31,7 @@ class VideoStage(latents.LatentStage):
 
   def __init__(self, config):
     super().__init__(config)
-    self.autoencoder = autoencoder_lib.AutoencoderKL(latents.autoencoder_config(config))
+    self.autoencoder = latents.make_autoencoder(config)
     self.unet = video_unet_lib.VideoUNet(config.model.unet)
     self.schedule = denoising.make_schedule(config)
     denoising.check_joint_config(config)
@@ -46,7 +47,8 @@ class VideoStage(latents.LatentStage):
     unet_params = self.unet.init(
         unet_key, z, jnp.zeros((1,), jnp.int32), class_labels=jnp.zeros((1,), jnp.int32),
         context_latents=z, context_mask=jnp.zeros(z.shape[:2]))['params']
-    return dict(autoencoder=ae_params, latent_scale=scale, unet=unet_params)
+    params = dict(autoencoder=ae_params) if ae_params else {}  # None in pixel space.
+    return dict(params, latent_scale=scale, unet=unet_params)
 
   def context_mask(self, key, batch_size: int, num_frames: int) -> jax.Array:
     """`(b, f)` mask of the S leading context frames, S ~ `context_probs`."""
