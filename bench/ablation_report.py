@@ -154,16 +154,18 @@ resolved at this scale. Summary: {summary(record)}.
 """
 
 
-def write_section(path: str, body: str) -> None:
-  """Replaces (or appends) the ablations section of the results file."""
+def write_section(path: str, body: str, start: str = SECTION_START,
+                  end: str = SECTION_END) -> None:
+  """Replaces (or appends) the section between the `start` and `end` markers of the results
+  file (by default the ablations section)."""
   text = '# videoldm benchmark results\n\n'
   if os.path.isfile(path):
     with open(path) as file:
       text = file.read()
-  section = f'{SECTION_START}\n{body.strip()}\n{SECTION_END}'
-  if SECTION_START in text and SECTION_END in text:
-    head, rest = text.split(SECTION_START, 1)
-    text = head + section + rest.split(SECTION_END, 1)[1]
+  section = f'{start}\n{body.strip()}\n{end}'
+  if start in text and end in text:
+    head, rest = text.split(start, 1)
+    text = head + section + rest.split(end, 1)[1]
   else:
     text = text.rstrip() + '\n\n' + section + '\n'
   with open(path, 'w') as file:
