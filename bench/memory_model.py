@@ -4,7 +4,8 @@
 CPU with abstract state: XLA's peak (arguments + outputs + temporaries -
 aliased) vs `videoldm.train.memory_model` (`tests/memory_model_helpers.py`).
 (b) The model alone at `configs/sd_video.py` paper size (SD 1.5 widths, bf16
-compute, float32 params and Adam state, EMA) for the U-Net stages, temporal-only
+compute and frozen U-Net params, float32 trainable params, Adam state and EMA)
+for the U-Net stages, temporal-only
 and full training, under each remat policy: bytes per video and the largest
 batch per 80 GiB device (one device, no sharding of params or optimiser state).
 
@@ -78,8 +79,8 @@ def paper_rows():
         rows.append([stage_name, f'{memory_model.unet_frames(config)} x {h}x{w}', training,
                      policy, f'{fixed / GIB:.1f}', f'{per_video / GIB:.2f}', str(largest),
                      f'{(fixed + largest * per_video) / GIB:.1f}'])
-      print(f'{stage_name} {training}: {one.params_trainable / 4e6:.0f}M trainable, '
-            f'{(one.params_trainable + one.params_frozen) / 4e6:.0f}M params\n'
+      print(f'{stage_name} {training}: {one.params_trainable / 4e6:.0f}M trainable params, '
+            f'{one.params_frozen / GIB:.2f} GiB of frozen params\n'
             f'{one.table()}', flush=True)
   return rows
 
@@ -100,8 +101,8 @@ def main():
                 ['stage', 'U-Net frames x latents', 'training', 'remat policy',
                  'fixed GiB', 'GiB per video', 'largest batch', 'GiB at that batch'],
                 paper_rows(),
-                ['configs/sd_video.py (SD 1.5 / x4 upscaler layouts), bf16 compute, f32 params, '
-                 'Adam and EMA; fixed = params + gradients + Adam + EMA; cached latents '
+                ['configs/sd_video.py (SD 1.5 / x4 upscaler layouts), bf16 compute and frozen '
+                 'U-Net params, f32 trainable params, Adam and EMA; fixed = params + gradients + Adam + EMA; cached latents '
                  '(the text_upsampler VAE encode of its pixel batch is not counted)'])
 
 

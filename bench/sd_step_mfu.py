@@ -73,7 +73,6 @@ from videoldm import config_utils
 from videoldm import stages
 from videoldm.convert import tiny_sd
 from videoldm.train import sharding as sharding_lib
-from videoldm.train import state as state_lib
 from videoldm.train import train_step
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -175,8 +174,7 @@ class Mode:
       self.state, self.state_sharding, self.labels, self.tx = train_step.plan_train_state(
           stage, config, self.mesh, self.batch, self.key)
       if params is not None:  # The previous mode's params: no second init.
-        make_state = functools.partial(state_lib.init_state, labels=self.labels, tx=self.tx,
-                                       ema_decay=config.ema_decay)
+        make_state = train_step.make_state_fn(config, self.labels, self.tx)
         self.state = jax.jit(make_state, out_shardings=self.state_sharding,
                              donate_argnums=0)(params)
     else:

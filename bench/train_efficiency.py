@@ -6,7 +6,8 @@ from the step's jaxpr (every conv, matmul and attention einsum, forward and
 backward; `train_setup.jaxpr_flops`) and cross-checked with XLA's cost
 analysis of the compiled step. MFU = FLOPs / median step time / the machine's
 matmul throughput, measured interleaved with the step in the same run. On a
-GPU pass `--dtype=bfloat16` (compute dtype; params stay float32).
+GPU pass `--dtype=bfloat16` (compute dtype; trainable params stay float32, frozen
+ones are held in bf16).
 
 Figure 3: the same video U-Net trained temporal-only (`config.trainable` =
 temporal regex) vs fully (`^unet/`): compiled FLOPs, optimiser-state bytes and

@@ -9,10 +9,15 @@ their ordering only: XLA's CPU scheduler recomputes remat'd blocks early, so on
 CPU their peak equals the no-remat one (bench/RESULTS.md, "Memory model").
 """
 
+import jax
 import memory_model_helpers
 import pytest
 
+from videoldm import stages
+from videoldm.models import params as params_lib
 from videoldm.train import memory_model
+from videoldm.train import sharding as sharding_lib
+from videoldm.train import train_step
 
 TOLERANCE = 0.10
 
@@ -48,3 +53,21 @@ def test_policies_and_errors():
   with pytest.raises(ValueError, match="model.remat_policy='everything_saveable'"):
     memory_model.policy_of(memory_model_helpers.tiny_text_config(
         remat='blocks', policy='everything_saveable').model)
+
+
+def test_a_bf16_unet_holds_its_frozen_params_in_two_bytes_in_the_state_and_the_model():
+  held_bytes, frozen_bytes, frozen_unet = {}, {}, 0
+  for dtype in ('float32', 'bfloat16'):
+    config = memory_model_helpers.tiny_text_config(dtype=dtype)
+    stage = stages.get_stage(config.stage)(config)
+    mesh = sharding_lib.make_mesh(config.mesh, jax.devices()[:1])
+    abstract, _, _, _ = train_step.plan_train_state(stage, config, mesh, {}, jax.random.key(0))
+    held_bytes[dtype] = sum(leaf.size * leaf.dtype.itemsize
+                            for leaf in jax.tree.leaves(abstract.params))
+    frozen_bytes[dtype] = memory_model.estimate_from_config(config, stage).params_frozen
+    frozen_unet = sum(leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(
+        abstract.params) if sharding_lib.path_names(path)[0] == 'unet'
+                      and not params_lib.is_temporal('/'.join(sharding_lib.path_names(path))))
+  assert frozen_unet > 0
+  assert held_bytes['float32'] - held_bytes['bfloat16'] == 2 * frozen_unet
+  assert frozen_bytes['float32'] - frozen_bytes['bfloat16'] == 2 * frozen_unet

@@ -146,6 +146,31 @@ def test_optimizer_state_covers_trainable_leaves_only(temporal_only):
   assert set(flat(state.ema_params)) == {'temporal_mixer/kernel', 'temporal_mixer/bias'}
 
 
+def test_frozen_params_held_in_their_model_compute_dtype_train_as_rounded_float32():
+  config = toy_config()
+  with config.unlocked():  # Sub-model configs naming a compute dtype, as `model.unet.dtype`.
+    config.model.spatial_mid = dict(dtype='bfloat16')
+    config.model.temporal_mixer = dict(dtype='bfloat16')  # Trainable: stays float32.
+  held, step, batches = build(config)
+  initial = flat(held.params)
+  assert {path: str(leaf.dtype) for path, leaf in initial.items() if 'kernel' in path} == {
+      'conv_in/kernel': 'float32', 'spatial_mid/kernel': 'bfloat16',
+      'temporal_mixer/kernel': 'float32', 'conv_out/kernel': 'float32'}
+  # The same state with every param float32: holding in bf16 = computing with rounded weights.
+  as_float32 = jax.device_get(held)
+  as_float32 = as_float32.replace(params=jax.tree.map(lambda leaf: np.asarray(leaf, np.float32),
+                                                      as_float32.params))
+  reference, reference_step, _ = build(toy_config(), host_state=as_float32)
+  for batch in batches:
+    held, _ = step(held, batch)
+    reference, _ = reference_step(reference, batch)
+  held_params, reference_params = flat(held.params), flat(reference.params)
+  assert held_params['spatial_mid/kernel'].dtype == jax.numpy.bfloat16
+  np.testing.assert_array_equal(held_params['spatial_mid/kernel'], initial['spatial_mid/kernel'])
+  for path, leaf in reference_params.items():
+    np.testing.assert_array_equal(np.asarray(held_params[path], np.float32), leaf, err_msg=path)
+
+
 def step_flops(config) -> float:
   """FLOPs of the compiled train step, lowered from abstract (shape-only) inputs."""
   mesh = sharding_lib.make_mesh(config.mesh)

@@ -18,8 +18,9 @@ image-video training, `stages.denoising`).
 Memory options (config.model):
   remat: '' (off) or 'blocks' (`nn.remat` on every U-Net block, `models.remat`);
     remat_policy: a `jax.checkpoint_policies` name ('nothing_saveable', ...).
-  unet.dtype: 'bfloat16' computes the U-Net and text encoder in bf16 while the
-    params (master weights, optimiser state) stay float32.
+  unet.dtype: 'bfloat16' computes the U-Net and text encoder in bf16; the
+    trainable params (master weights, optimiser state) stay float32 and the
+    frozen U-Net params are held in bf16 (`train.state.held_params`).
   decode_chunk: frames per VAE decoder call (0 = all at once).
 """
 

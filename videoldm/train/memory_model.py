@@ -1,7 +1,7 @@
 """An analytic model of one train step's bytes per device (video U-Net stages).
 
-Terms: parameters (trainable and frozen, each in its held dtype: the train
-state keeps every param float32, frozen ones included), gradients (trainable
+Terms: parameters (trainable ones float32, frozen ones in their module's
+compute dtype, as `train.state.held_params` holds them), gradients (trainable
 only, float32), optimiser state (AdamW: two moments per trainable param), the
 EMA copy of the trainable params (when `config.ema_decay` is set), the batch
 (cached latents and text context), and the activations the backward pass needs
@@ -30,6 +30,7 @@ import ml_collections
 from videoldm.models import params as params_lib
 from videoldm.models import unet as unet_lib
 from videoldm.models import video_unet
+from videoldm.train import state as state_lib
 
 GIB = 2.0**30
 POLICIES = ('none', 'nothing_saveable', 'dots_saveable')
@@ -248,12 +249,18 @@ def _nbytes(tree) -> float:
 
 def estimate(unet_config, param_shapes, trainable: str, batch_size: int, frames: int,
              latent_size: tuple[int, int], text_length: int, ema: bool,
-             policy: str = 'none', batch_bytes: float = 0.0) -> MemoryEstimate:
-  """The estimate from a video U-Net config and the stage's param shapes (any tree)."""
+             policy: str = 'none', batch_bytes: float = 0.0,
+             frozen_dtypes: dict | None = None) -> MemoryEstimate:
+  """The estimate from a video U-Net config and the stage's param shapes (any tree).
+
+  `frozen_dtypes` (top-level name -> dtype) gives the held dtype of frozen params.
+  """
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(param_shapes), sep='/')
   regex = re.compile(trainable or '.*')
   trained = {p: v for p, v in flat.items() if regex.search(p)}
-  frozen = {p: v for p, v in flat.items() if p not in trained}
+  held = (frozen_dtypes or {}).get
+  frozen = {p: jax.ShapeDtypeStruct(v.shape, held(p.split('/', 1)[0], v.dtype))
+            for p, v in flat.items() if p not in trained}
   spatial_trainable = any(p.startswith('unet/') and not params_lib.is_temporal(p)
                           for p in trained)
   trainable_f32 = 4.0 * sum(v.size for v in trained.values())
@@ -293,4 +300,5 @@ def estimate_from_config(config: ml_collections.ConfigDict, stage, batch_size: i
                             + text_length * cross)
   return estimate(unet_config, shapes, config.trainable, batch_size, frames, (h, w),
                   text_length, config.ema_decay is not None,
-                  policy or policy_of(config.model), batch)
+                  policy or policy_of(config.model), batch,
+                  state_lib.compute_dtypes(config.model))

@@ -139,7 +139,7 @@ def plan_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
   param_shapes = jax.eval_shape(_init_fn(stage), init_key, batch)
   labels = state_lib.trainable_labels(param_shapes, config.trainable)
   tx = state_lib.make_optimizer(config.optimizer, config.total_steps, labels)
-  state_shapes = jax.eval_shape(_make_state_fn(config, labels, tx), param_shapes)
+  state_shapes = jax.eval_shape(make_state_fn(config, labels, tx), param_shapes)
   state_sharding = sharding_lib.tree_shardings_like_params(state_shapes, param_shapes, rules, mesh)
   abstract_state = jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes,
@@ -147,10 +147,12 @@ def plan_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
   return abstract_state, state_sharding, labels, tx
 
 
-def _make_state_fn(config: ml_collections.ConfigDict, labels: Any,
-                   tx: optax.GradientTransformation):
+def make_state_fn(config: ml_collections.ConfigDict, labels: Any,
+                  tx: optax.GradientTransformation):
+  """`params -> TrainState`; frozen params held in their model's compute dtype."""
   return functools.partial(state_lib.init_state, labels=labels, tx=tx,
-                           ema_decay=config.ema_decay)
+                           ema_decay=config.ema_decay,
+                           frozen_dtypes=state_lib.compute_dtypes(config.get('model')))
 
 
 def compile_in_background(jitted, *args) -> concurrent.futures.Future:
@@ -206,5 +208,5 @@ def create_train_state(stage: stages.Stage, config: ml_collections.ConfigDict,
   if type(stage).calibrate is not stages.Stage.calibrate:
     calibrate = lambda params, batch: stage.calibrate(params, stage.preprocess(batch))
     params = jax.jit(calibrate, out_shardings=param_sharding)(params, batch)
-  state = jax.jit(_make_state_fn(config, labels, tx), out_shardings=state_sharding)(params)
+  state = jax.jit(make_state_fn(config, labels, tx), out_shardings=state_sharding)(params)
   return state, state_sharding, labels, tx
