@@ -102,7 +102,8 @@ def main():
                  'fixed GiB', 'GiB per video', 'largest batch', 'GiB at that batch'],
                 paper_rows(),
                 ['configs/sd_video.py (SD 1.5 / x4 upscaler layouts), bf16 compute and frozen '
-                 'U-Net params, f32 trainable params, Adam and EMA; fixed = params + gradients + Adam + EMA; cached latents '
+                 'U-Net params, f32 trainable params, Adam and EMA; '
+                 'fixed = params + gradients + Adam + EMA; cached latents '
                  '(the text_upsampler VAE encode of its pixel batch is not counted)'])
 
 
