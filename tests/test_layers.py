@@ -137,6 +137,31 @@ def test_attention_on_cpu_blocks_long_query_sequences_only():
   assert 'scan' in blocked and 'scan' not in short
 
 
+@pytest.mark.parametrize('dtype, tried', [(jnp.bfloat16, ['cudnn', 'xla']),
+                                           (jnp.float16, ['cudnn', 'xla']),
+                                           (jnp.float32, ['xla'])])
+def test_automatic_attention_on_gpu_tries_cudnn_for_half_precision_then_xla(
+    monkeypatch, dtype, tried):
+  calls, xla_attention = [], jax.nn.dot_product_attention
+
+  def recording(*args, implementation=None, **kwargs):
+    calls.append(implementation)
+    return xla_attention(*args, implementation=implementation, **kwargs)
+
+  q, k, v = (jnp.asarray(_inputs(2, 300, 4, 8, seed=s), dtype) for s in range(3))
+  mask = jnp.asarray(np.random.default_rng(3).random((2, 300)) > 0.3)
+  expected = xla_attention(q, k, v, mask=mask[:, None, None], implementation='xla')
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', recording)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  out = attention.dot_product_attention(q, k, v, mask)
+  # cuDNN is not on this machine: it raises at trace time and XLA runs instead.
+  assert calls == tried
+  np.testing.assert_array_equal(out, expected)
+  calls.clear()
+  with pytest.raises(RuntimeError, match='cuDNN'):  # Asked for by name: no fallback.
+    attention.dot_product_attention(q, k, v, mask, 'cudnn')
+
+
 def test_blocked_attention_rejects_a_mask_that_varies_over_queries():
   q = jnp.zeros((1, 4, 1, 4))
   with pytest.raises(ValueError, match=r'\(1, 1, 4, 4\)'):

@@ -5,8 +5,9 @@
 `SpatialTransformer` (= diffusers `Transformer2DModel`, continuous input).
 The fused kernel used by `dot_product_attention` is chosen by `implementation`
 (config field `attention_implementation`): None (automatic), 'xla', 'cudnn' or
-'blocked'. None means 'blocked' for long sequences on CPU and `jax.nn`'s own
-choice otherwise. 'blocked' is exact attention computed for blocks of queries in a
+'blocked'. None means 'blocked' for long sequences on CPU, cuDNN's fused kernel
+on GPU for bf16/fp16 inputs it supports (else XLA; `jax.nn`'s own None is XLA),
+and XLA otherwise. 'blocked' is exact attention computed for blocks of queries in a
 loop, so each block's score matrix stays cache-sized; on CPU it runs the
 1024-token self-attention of a 32x32 latent 6x faster than one XLA call
 (bench/RESULTS.md, figure 1).
@@ -28,6 +29,10 @@ AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 _BLOCK_SCORES = 2**20
 # On CPU, None picks 'blocked' from this many queries on.
 _MIN_BLOCKED_QUERIES = 256
+# On GPU, None tries cuDNN for these input dtypes; it raises these at trace time when the
+# shapes, dtypes or the installed cuDNN are unsupported, and XLA runs instead.
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+_CUDNN_UNSUPPORTED = (RuntimeError, ValueError, NotImplementedError)
 
 
 def _query_block_size(q: jax.Array, k: jax.Array) -> int:
@@ -66,9 +71,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     v: values `(b, m, heads, head_dim)`.
     mask: optional boolean, True = attend; `(b, m)` (a key mask) or anything
       broadcastable to `(b, heads, n, m)`.
-    implementation: None (automatic), 'xla', 'cudnn' (see
-      `jax.nn.dot_product_attention`) or 'blocked' (query blocks in a loop;
-      `mask` must then not vary over queries).
+    implementation: None (automatic: see the module docstring), 'xla', 'cudnn'
+      (see `jax.nn.dot_product_attention`) or 'blocked' (query blocks in a
+      loop; `mask` must then not vary over queries).
 
   Returns:
     `(b, n, heads, head_dim)`.
@@ -81,15 +86,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     if mask.ndim == 2:
       mask = mask[:, None, None, :]  # (b, 1, 1, m)
   query_independent_mask = mask is None or mask.shape[-2] == 1
-  if implementation is None and jax.default_backend() == 'cpu':
+  backend = jax.default_backend()
+  if implementation is None and backend == 'cpu':
     if q.shape[1] >= _MIN_BLOCKED_QUERIES and query_independent_mask:
       implementation = 'blocked'
+  if implementation is None and backend == 'gpu' and q.dtype in _CUDNN_DTYPES:
+    try:
+      return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='cudnn')
+    except _CUDNN_UNSUPPORTED:
+      implementation = 'xla'
   if implementation == 'blocked':
     if not query_independent_mask:
       raise ValueError(f'Blocked attention needs a mask that does not vary over queries; '
                        f'got mask shape {mask.shape}.')
     return _blocked_attention(q, k, v, mask)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation or 'xla')
 
 
 class Attention(nn.Module):

@@ -15,8 +15,9 @@ for attention, of its score matrices (`S`: heads x queries x keys, float32).
 The counts (`_COUNTS`) are what XLA keeps for the backward pass of each layer
 type; `bench/memory_model.py` checks the totals against XLA's compiled memory
 analysis of the real train step. The model assumes XLA attention (scores
-materialised, as `attention_implementation=None` gives on GPU) and one device
-(no data-parallel or FSDP split).
+materialised, as `attention_implementation='xla'` gives; None picks cuDNN's
+fused kernel on GPU in bf16, which keeps no scores, so there the score terms are
+an upper bound) and one device (no data-parallel or FSDP split).
 """
 
 import dataclasses
