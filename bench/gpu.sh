@@ -9,7 +9,7 @@
 # configs/sd_video.py text_video step at its paper size, SD 1.5 widths, 16 x 40x64
 # latents, batch 1, remat, bf16; random weights) each take at most 8 minutes, run
 # alone (`bash bench/gpu.sh .whl 8`, then `... 9`): 8 = temporal-only and full
-# fine-tune, cuDNN and the config's attention; 9 = the remat policies, temporal
+# fine-tune, cuDNN and XLA attention; 9 = the remat policies, temporal
 # with cuDNN. Each compiles a ~1.6B-param step per row (a few minutes in all) and
 # prints every row as it finishes, so a timeout keeps the rows done; compiled
 # steps are cached in /tmp/jax_cache, so a rerun on the same machine compiles
@@ -56,7 +56,7 @@ if [[ "$FIGURES" == *[89]* ]]; then
 fi
 if [[ "$FIGURES" == *8* ]]; then
   timeout 470 "$PY" bench/sd_step_mfu.py --size=paper --batch=1 --modes=temporal,full \
-    --attention=cudnn,config --repeats=5 || echo "figure 8 failed or timed out"
+    --attention=cudnn,xla --repeats=5 || echo "figure 8 failed or timed out"
 fi
 if [[ "$FIGURES" == *9* ]]; then
   timeout 470 "$PY" bench/sd_step_mfu.py --size=paper --batch=1 --modes=temporal \
