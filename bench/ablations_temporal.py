@@ -18,7 +18,8 @@ FVD-md differs by more than twice the combined standard deviation.
   python bench/ablations_temporal.py --workdir=/tmp/videoldm_ablations_seeds \
       --base_run=/tmp/videoldm_quickstart --seeds=3
 Writes the "Ablations: temporal attention and joint training" section of
-bench/RESULTS.md (between its markers) and `<workdir>/ablations_temporal.json`.
+bench/RESULTS.md (between its markers) and `<workdir>/ablations_temporal.json`;
+each seed's metrics are kept in `<workdir>/seed<s>/metrics_temporal.json` (reused).
 """
 
 import json
@@ -61,7 +62,16 @@ COLUMNS = [column for column in ablation_report.COLUMNS1 if column[1] != 'total_
 
 
 def run_seed(seed: int, batch: dict, nets) -> dict:
-  """Every row trained (unless done) and evaluated with `seed`: {run name: metrics}."""
+  """Every row trained (unless done) and evaluated with `seed`: {run name: metrics}.
+
+  Kept in `<workdir>/seed<s>/metrics_temporal.json` with the seconds it took; a
+  re-run reads it, so seeds can be run one invocation at a time (`--seed=s --seeds=1`).
+  """
+  path = os.path.join(ablations.seed_dir(seed), 'metrics_temporal.json')
+  if os.path.isfile(path):
+    with open(path) as file:
+      return json.load(file)
+  start = time.time()
   real, labels = np.asarray(batch['video']), np.asarray(batch['labels'])[:, 0]
   out = {}
   for _, name, overrides in ROWS:
@@ -69,6 +79,9 @@ def run_seed(seed: int, batch: dict, nets) -> dict:
     videos = ablations.continue_clips(workdir, batch, 1.0, seed)
     out[name] = {key: float(value) for key, value in
                  metrics.digit_video_metrics(nets, videos, real, labels).items()}
+  out['seconds'] = time.time() - start
+  with open(path, 'w') as file:
+    json.dump(out, file, indent=1)
   return out
 
 
@@ -91,7 +104,7 @@ def markdown(record) -> str:
       '## Ablations: temporal attention and joint training', '',
       f'Command: `python bench/ablations_temporal.py {" ".join(record["argv"])}` '
       f'({record["date"]}); seeds {record["seeds"]}, {record["num_videos"]} test clips per row, '
-      f'{record["steps"]} video steps per run, total wall time '
+      f'{record["steps"]} video steps per run, wall time of the seeds\' runs '
       f'{record["seconds"] / 60:.0f} min ({record["machine"]}).', '',
       'Each row changes one option of the quickstart\'s video stage and continues the first '
       'frame of the test clips (as Table 1 above; digit-net metrics, mean ± sd over seeds). '
@@ -103,7 +116,6 @@ def markdown(record) -> str:
 
 def main(argv):
   del argv
-  start = time.time()
   chain.train_all(ablations.base_run(), chain.quickstart_config_file(), ablations.config_arg(),
                   stages=ablations.BASE_STAGES)
   seeds = [FLAGS.seed + i for i in range(FLAGS.seeds)]
@@ -111,7 +123,7 @@ def main(argv):
   batch = ablations.test_clips(ours.data)
   nets = digits.load_or_train(digits.spec_from_data_config(ours.data),
                               os.path.join(FLAGS.workdir, 'feature_nets'), seed=0)
-  runs = []
+  runs = []  # Each seed's run carries its own seconds (possibly an earlier invocation's).
   for seed in seeds:
     logging.info('=== Temporal ablations, seed %d ===', seed)
     runs.append(run_seed(seed, batch, nets))
@@ -121,7 +133,8 @@ def main(argv):
             for _, name, overrides in ROWS}
   record = dict(rows=rows, params=params, seeds=seeds, argv=sys.argv[1:],
                 num_videos=len(batch['video']), steps=ablations.video_steps(),
-                seconds=time.time() - start, date=time.strftime('%Y-%m-%d'),
+                seconds=sum(run['seconds'] for run in runs),
+                date=time.strftime('%Y-%m-%d'),
                 machine=f'{os.cpu_count()} CPU cores, jax {jax.__version__}, load average '
                 f'{os.getloadavg()[0]:.1f} at the end')
   with open(os.path.join(FLAGS.workdir, 'ablations_temporal.json'), 'w') as file:
