@@ -68,6 +68,15 @@ def summary(record) -> str:
   return text + (f', {directions.count(-1)} against' if -1 in directions else '')
 
 
+def fvd_comparison(result: ablation_stats.Comparison) -> str:
+  """'FVD-md a ± sd vs b ± sd (difference, 2 x combined sd)'; one seed has no error bars."""
+  if math.isnan(result.margin):
+    return f'FVD-md {result.mean_a:.3g} vs {result.mean_b:.3g} (one seed: no error bars)'
+  return (f'FVD-md {result.mean_a:.3g} ± {result.sd_a:.2g} vs {result.mean_b:.3g} ± '
+          f'{result.sd_b:.2g} (difference {abs(result.mean_a - result.mean_b):.3g}, 2 x '
+          f'combined sd {result.margin:.3g})')
+
+
 def verdicts(record) -> str:
   """One line per paper claim: does the toy FVD-md go the paper's way, past the error bars?"""
   lines = []
@@ -78,10 +87,7 @@ def verdicts(record) -> str:
     verdict = {1: "agrees with the paper's direction",
                -1: "goes against the paper's direction",
                0: 'not resolved at this scale'}[result.direction]
-    lines.append(f'- Table {table_id}, {claim}: FVD-md {result.mean_a:.3g} ± {result.sd_a:.2g} '
-                 f'vs {result.mean_b:.3g} ± {result.sd_b:.2g} (difference '
-                 f'{abs(result.mean_a - result.mean_b):.3g}, 2 x combined sd '
-                 f'{result.margin:.3g}) -> {verdict}.')
+    lines.append(f'- Table {table_id}, {claim}: {fvd_comparison(result)} -> {verdict}.')
   ours, real = row(record['table1'], 'Ours: conv3d'), row(record['table1'], 'Real')
   if ours is not None and ablation_stats.mean_sd(ours['label_agreement'])[0] < 0.2:
     lines.append(f'- Caveat: the generated clips do not show their conditioning digit yet '

@@ -106,9 +106,8 @@ def verdict_lines(rows: dict) -> list[str]:
   for a, b in COMPARISONS:
     result = ablation_stats.compare(rows[a]['fvd_md'], rows[b]['fvd_md'])
     verdict = {1: 'lower (better)', -1: 'higher (worse)', 0: 'not resolved at this scale'}
-    lines.append(f'- {titles[a]} vs {titles[b]}: FVD-md {result.mean_a:.3g} ± {result.sd_a:.2g} '
-                 f'vs {result.mean_b:.3g} ± {result.sd_b:.2g} (2 x combined sd '
-                 f'{result.margin:.3g}) -> {verdict[result.direction]}.')
+    lines.append(f'- {titles[a]} vs {titles[b]}: {ablation_report.fvd_comparison(result)} -> '
+                 f'{verdict[result.direction]}.')
   return lines
 
 
