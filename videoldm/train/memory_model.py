@@ -259,9 +259,9 @@ def estimate(unet_config, param_shapes, trainable: str, batch_size: int, frames:
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(param_shapes), sep='/')
   regex = re.compile(trainable or '.*')
   trained = {p: v for p, v in flat.items() if regex.search(p)}
-  held = (frozen_dtypes or {}).get
-  frozen = {p: jax.ShapeDtypeStruct(v.shape, held(p.split('/', 1)[0], v.dtype))
-            for p, v in flat.items() if p not in trained}
+  held = lambda p, v: state_lib.frozen_dtype(p, v.dtype, frozen_dtypes or {})
+  frozen = {p: jax.ShapeDtypeStruct(v.shape, held(p, v)) for p, v in flat.items()
+            if p not in trained}
   spatial_trainable = any(p.startswith('unet/') and not params_lib.is_temporal(p)
                           for p in trained)
   trainable_f32 = 4.0 * sum(v.size for v in trained.values())

@@ -111,6 +111,11 @@ def compute_dtypes(model_config: ml_collections.ConfigDict | None) -> dict[str, 
           if isinstance(sub, ml_collections.ConfigDict) and sub.get('dtype')}
 
 
+def frozen_dtype(path: str, dtype: Any, frozen_dtypes: dict[str, Any]) -> Any:
+  """The held dtype of the frozen param at '/'-joined `path`: its top-level module's, if named."""
+  return frozen_dtypes.get(path.split('/', 1)[0], dtype)
+
+
 def held_params(params: Any, labels: Any, frozen_dtypes: dict[str, Any]) -> dict:
   """Trainable float leaves as float32; frozen ones in `frozen_dtypes[top-level name]`.
 
@@ -123,7 +128,7 @@ def held_params(params: Any, labels: Any, frozen_dtypes: dict[str, Any]) -> dict
       return value
     if flat_labels[path] == TRAINABLE:
       return value.astype(jnp.float32)
-    return value.astype(frozen_dtypes.get(path.split('/', 1)[0], value.dtype))
+    return value.astype(frozen_dtype(path, value.dtype, frozen_dtypes))
 
   held = {path: hold(path, value) for path, value in _flat(params).items()}
   return flax.traverse_util.unflatten_dict(held, sep='/')
