@@ -4,7 +4,7 @@
 CPU with abstract state: XLA's peak (arguments + outputs + temporaries -
 aliased) vs `videoldm.train.memory_model` (`tests/memory_model_helpers.py`).
 (b) The model alone at `configs/sd_video.py` paper size (SD 1.5 widths, bf16
-compute and frozen U-Net params, float32 trainable params, Adam state and EMA)
+compute and frozen U-Net and CLIP params, float32 trainable params, Adam state and EMA)
 for the U-Net stages, temporal-only
 and full training, under each remat policy: bytes per video and the largest
 batch per 80 GiB device (one device, no sharding of params or optimiser state).
@@ -102,7 +102,7 @@ def main():
                  'fixed GiB', 'GiB per video', 'largest batch', 'GiB at that batch'],
                 paper_rows(),
                 ['configs/sd_video.py (SD 1.5 / x4 upscaler layouts), bf16 compute and frozen '
-                 'U-Net params, f32 trainable params, Adam and EMA; '
+                 'U-Net and CLIP params, f32 trainable params, Adam and EMA; '
                  'fixed = params + gradients + Adam + EMA; cached latents '
                  '(the text_upsampler VAE encode of its pixel batch is not counted)'])
 

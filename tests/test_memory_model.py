@@ -55,8 +55,8 @@ def test_policies_and_errors():
         remat='blocks', policy='everything_saveable').model)
 
 
-def test_a_bf16_unet_holds_its_frozen_params_in_two_bytes_in_the_state_and_the_model():
-  held_bytes, frozen_bytes, frozen_unet = {}, {}, 0
+def test_a_bf16_unet_and_its_clip_hold_frozen_params_in_two_bytes_in_state_and_model():
+  held_bytes, frozen_bytes, frozen_unet, clip = {}, {}, 0, 0
   for dtype in ('float32', 'bfloat16'):
     config = memory_model_helpers.tiny_text_config(dtype=dtype)
     stage = stages.get_stage(config.stage)(config)
@@ -68,6 +68,7 @@ def test_a_bf16_unet_holds_its_frozen_params_in_two_bytes_in_the_state_and_the_m
     frozen_unet = sum(leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(
         abstract.params) if sharding_lib.path_names(path)[0] == 'unet'
                       and not params_lib.is_temporal('/'.join(sharding_lib.path_names(path))))
-  assert frozen_unet > 0
-  assert held_bytes['float32'] - held_bytes['bfloat16'] == 2 * frozen_unet
-  assert frozen_bytes['float32'] - frozen_bytes['bfloat16'] == 2 * frozen_unet
+    clip = sum(leaf.size for leaf in jax.tree.leaves(abstract.params['text_encoder']))
+  assert frozen_unet > 0 and clip > 0
+  assert held_bytes['float32'] - held_bytes['bfloat16'] == 2 * (frozen_unet + clip)
+  assert frozen_bytes['float32'] - frozen_bytes['bfloat16'] == 2 * (frozen_unet + clip)

@@ -111,6 +111,11 @@ def clip_text_config_to_transformers(config: CLIPTextConfig) -> dict:
               initializer_range=0.02, **values)
 
 
+def stage_dtype(model_config) -> jnp.dtype:
+  """The compute dtype of a text stage's CLIP: its U-Net's (CLIP's config has no dtype)."""
+  return jnp.dtype(model_config.unet.dtype)
+
+
 class CLIPTextOutput(typing.NamedTuple):
   """`context` is what conditions a U-Net (see the module docstring).
 

@@ -20,7 +20,8 @@ Memory options (config.model):
     remat_policy: a `jax.checkpoint_policies` name ('nothing_saveable', ...).
   unet.dtype: 'bfloat16' computes the U-Net and text encoder in bf16; the
     trainable params (master weights, optimiser state) stay float32 and the
-    frozen U-Net params are held in bf16 (`train.state.held_params`).
+    frozen U-Net and text encoder params are held in bf16
+    (`train.state.held_params`).
   decode_chunk: frames per VAE decoder call (0 = all at once).
 """
 
@@ -46,7 +47,7 @@ class TextVideoStage(video_stage.VideoStage):
     super().__init__(config)
     self.unet = remat.make_unet(config.model)
     text_config = text_lib.CLIPTextConfig(**config.model.text_encoder.to_dict())
-    self.text_encoder = text_lib.CLIPTextModel(text_config, jnp.dtype(config.model.unet.dtype))
+    self.text_encoder = text_lib.CLIPTextModel(text_config, text_lib.stage_dtype(config.model))
     self.text_length = text_config.max_position_embeddings
     self._tokenizer = None
 

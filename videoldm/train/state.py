@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from videoldm.models import text
+
 TRAINABLE, FROZEN = 'trainable', 'frozen'
 
 
@@ -106,9 +108,13 @@ def ema_update(ema: Any, params: Any, decay: float) -> Any:
 
 
 def compute_dtypes(model_config: ml_collections.ConfigDict | None) -> dict[str, jnp.dtype]:
-  """The compute dtype of each sub-model config with a `dtype` (e.g. `unet`), by name."""
-  return {name: jnp.dtype(sub.dtype) for name, sub in (model_config or {}).items()
-          if isinstance(sub, ml_collections.ConfigDict) and sub.get('dtype')}
+  """The compute dtype of each sub-model by name: its config's `dtype` (e.g. `unet`), and
+  a text stage's CLIP (`text_encoder`) computes in its U-Net's."""
+  dtypes = {name: jnp.dtype(sub.dtype) for name, sub in (model_config or {}).items()
+            if isinstance(sub, ml_collections.ConfigDict) and sub.get('dtype')}
+  if 'text_encoder' in (model_config or {}) and 'unet' in dtypes:
+    dtypes.setdefault('text_encoder', text.stage_dtype(model_config))
+  return dtypes
 
 
 def frozen_dtype(path: str, dtype: Any, frozen_dtypes: dict[str, Any]) -> Any:
