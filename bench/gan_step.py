@@ -27,6 +27,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from videoldm import config_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.models import discriminator  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.stages import gan  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -35,8 +36,8 @@ CONFIG = f'{common.REPO}/configs/moving_digits_quickstart.py:stage={{}}'
 
 def disc_grad_fn(conv_cls):
   """Gradient of the 3D discriminator's mean logit w.r.t. params and input, convs of `conv_cls`."""
-  original = discriminator.FrameTapConv
-  discriminator.FrameTapConv = conv_cls
+  original = layers.FrameTapConv
+  layers.FrameTapConv = conv_cls
   try:
     module = discriminator.PatchDiscriminator3D(64, 2)
     video = jax.random.normal(jax.random.key(0), (8, 8, 32, 32, 3))
@@ -44,7 +45,7 @@ def disc_grad_fn(conv_cls):
     grad = jax.jit(jax.grad(lambda p, x: jnp.mean(module.apply(p, x)), argnums=(0, 1)))
     common.block(grad(params, video))
   finally:
-    discriminator.FrameTapConv = original
+    layers.FrameTapConv = original
   return lambda: grad(params, video)
 
 
@@ -72,7 +73,7 @@ def stage_step_fn(stage_name, batch_shape, backend):
 
 def main():
   rows = []
-  times = common.interleaved({'taps': disc_grad_fn(discriminator.FrameTapConv),
+  times = common.interleaved({'taps': disc_grad_fn(layers.FrameTapConv),
                               'conv3d': disc_grad_fn(nn.Conv)}, ARGS.repeats)
   ratio = common.median(times['conv3d']) / common.median(times['taps'])
   rows.append(['3D discriminator gradient (8 x 8 x 32x32)', common.spread(times['taps']),

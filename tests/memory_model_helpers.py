@@ -35,7 +35,11 @@ def _tokenizer() -> str:
 def tiny_text_config(batch: int = 2, frames: int = 4, latent=(16, 16), channels=(32, 64),
                      remat: str = '', policy: str = 'nothing_saveable',
                      trainable: str | None = None, dtype: str = 'float32', **overrides):
-  """`configs/sd_video.py:runlocal` (text_video) with a tiny U-Net, CLIP and VAE (f=2)."""
+  """`configs/sd_video.py:runlocal` (text_video) with a tiny U-Net, CLIP and VAE (f=2).
+
+  Temporal ResBlocks keep the paper-size config's (3, 1, 1) kernels (runlocal's (3, 3, 3)
+  run as per-tap 2D convs, whose XLA temporaries the model does not count).
+  """
   config = config_utils.load_config(os.path.join(REPO, 'configs', 'sd_video.py:runlocal'))
   h, w = latent
   settings = {
@@ -52,6 +56,7 @@ def tiny_text_config(batch: int = 2, frames: int = 4, latent=(16, 16), channels=
       'model.text_encoder.max_position_embeddings': tiny_sd.MAX_LENGTH,
       'model.text_encoder.projection_dim': TEXT_DIM,
       'model.autoencoder.block_out_channels': (32, 32), 'model.autoencoder.norm_num_groups': 8,
+      'model.unet.temporal.conv_kernel_size': (3, 1, 1),
       'model.remat': remat, 'model.remat_policy': policy, **overrides}
   if trainable is not None:
     settings['trainable'] = trainable

@@ -42,26 +42,6 @@ def test_3d_patch_logits_shape_for_any_frame_count(frames, out_frames):
   assert logits.shape == (2, out_frames, 2, 2, 1)
 
 
-@pytest.mark.parametrize('frames, strides, use_bias', [(8, (2, 2, 2), True), (5, (1, 1, 1), False),
-                                                      (3, (1, 2, 2), True)])
-def test_frame_tap_conv_matches_nn_conv_values_and_gradients(frames, strides, use_bias):
-  kwargs = dict(features=6, kernel_size=(3, 4, 4), strides=strides,
-                padding=((1, 1), (1, 1), (1, 1)), use_bias=use_bias)
-  taps = discriminator.FrameTapConv(**kwargs)
-  conv = nn.Conv(**kwargs)
-  x = jax.random.normal(jax.random.key(0), (2, frames, 12, 12, 5))
-  params = taps.init(jax.random.key(1), x)
-  if use_bias:  # Non-zero bias so it is checked too.
-    params = jax.tree.map(lambda p: p + 0.1, params)
-  assert (jax.tree.map(jnp.shape, params) ==
-          jax.tree.map(jnp.shape, conv.init(jax.random.key(1), x)))
-  np.testing.assert_allclose(taps.apply(params, x), conv.apply(params, x), atol=1e-5)
-  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
-  grads_taps = jax.grad(loss(taps), argnums=(0, 1))(params, x)
-  grads_conv = jax.grad(loss(conv), argnums=(0, 1))(params, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), grads_taps, grads_conv)
-
-
 def test_3d_discriminator_sees_frame_order():
   module = discriminator.PatchDiscriminator3D(base_channels=8, num_layers=2)
   video = jax.random.normal(jax.random.key(1), (2, 3, 32, 32, 3))

@@ -1,5 +1,6 @@
 """Parity of the spatial layers with their diffusers PyTorch twins."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,3 +204,34 @@ def test_spatial_transformer_matches_transformer_2d(linear):
   with torch.no_grad():
     theirs = torch_model(ref.nchw(x), encoder_hidden_states=torch.from_numpy(context)).sample
   assert ref.relative_error(ours, ref.nhwc(theirs)) < TOL
+
+
+@pytest.mark.parametrize('frames, kernel, strides, use_bias, dtype', [
+    (8, (3, 4, 4), (2, 2, 2), True, jnp.float32),  # The 3D discriminator's strided convs.
+    (5, (3, 4, 4), (1, 1, 1), False, jnp.float32),
+    (3, (3, 3, 3), (1, 2, 2), True, jnp.bfloat16),  # Taps accumulate as one conv's do.
+    (5, (3, 1, 1), (1, 1, 1), True, jnp.float32),  # Temporal layers: one (3, 1) conv.
+    (8, (3, 1, 1), (2, 1, 1), False, jnp.bfloat16)])
+def test_frame_tap_conv_matches_nn_conv_values_and_gradients(frames, kernel, strides, use_bias,
+                                                            dtype):
+  pad = tuple((k // 2, k // 2) for k in kernel) if kernel[1] != 4 else ((1, 1),) * 3
+  kwargs = dict(features=6, kernel_size=kernel, strides=strides, padding=pad,
+                use_bias=use_bias, dtype=dtype)
+  taps, conv = layers.FrameTapConv(**kwargs), nn.Conv(**kwargs)
+  x = jax.random.normal(jax.random.key(0), (2, frames, 12, 12, 5))
+  params = taps.init(jax.random.key(1), x)
+  # Same names, shapes and initial values.
+  jax.tree.map(np.testing.assert_array_equal, params, conv.init(jax.random.key(1), x))
+  if use_bias:  # Non-zero bias so it is checked too.
+    params = jax.tree.map(lambda p: p + 0.1, params)
+  out_taps, out_conv = taps.apply(params, x), conv.apply(params, x)
+  assert out_taps.dtype == out_conv.dtype == dtype
+  rtol = 1e-5 if dtype == jnp.float32 else 2**-8  # bf16: both round one f32 sum (one ulp).
+  np.testing.assert_allclose(np.float32(out_taps), np.float32(out_conv), rtol=rtol, atol=1e-5)
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x).astype(jnp.float32)))
+  grads_taps = jax.grad(loss(taps), argnums=(0, 1))(params, x)
+  grads_conv = jax.grad(loss(conv), argnums=(0, 1))(params, x)
+  rtol = 1e-4 if dtype == jnp.float32 else 2e-2
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=rtol,
+                                                       atol=rtol * np.max(np.abs(np.float32(b)))),
+               grads_taps, grads_conv)

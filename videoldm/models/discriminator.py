@@ -13,20 +13,22 @@ Losses are pure functions of logits and gradients, as in taming's
 `LPIPSWithDiscriminator`: `hinge_d_loss`, `vanilla_d_loss`,
 `generator_adv_loss`, `adaptive_weight` and `adopt_weight`.
 
-The 3D convolutions are `FrameTapConv`: a sum over the kernel's time taps of
-2D convolutions, with `nn.Conv`'s parameters. XLA's CPU backend takes the
-gradient of a strided 3D convolution through a slow generic path (974 ms vs
+The 3D convolutions are `layers.FrameTapConv`: a sum over the kernel's time
+taps of 2D convolutions, with `nn.Conv`'s parameters. XLA's CPU backend takes
+the gradient of a strided 3D convolution through a slow generic path (974 ms vs
 2.7 ms for the first layer at batch 8 x 8 frames of 32x32; bench/HISTORY.md,
 "Quickstart: adversarial steps and one-run compiles").
 """
 
+import functools
 import math
 from typing import Any
 
-import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from videoldm.models import layers
 
 _NORMS = ('group', 'none')
 _KERNEL_INIT = nn.initializers.normal(0.02)  # pix2pix / taming `weights_init`.
@@ -69,41 +71,6 @@ def _check_input(x: jax.Array, ndim: int, layout: str, num_layers: int) -> None:
     raise ValueError(
         f'Discriminator input of {height}x{width} pixels is too small for '
         f'num_layers={num_layers}; use larger frames or fewer layers.')
-
-
-class FrameTapConv(nn.Module):
-  """`nn.Conv` over `(b, f, h, w, c)` with kernel `(kt, kh, kw)`, as kt 2D convolutions.
-
-  Output frame `i` sums, over taps `k`, the 2D convolution of padded input
-  frame `i * stride_t + k` with `kernel[k]`. Same parameters (`kernel`
-  `(kt, kh, kw, c, features)`, `bias`), padding and strides as `nn.Conv`, so
-  the two are interchangeable on a checkpoint.
-  """
-
-  features: int
-  kernel_size: tuple[int, int, int]
-  strides: tuple[int, int, int] = (1, 1, 1)
-  padding: tuple[tuple[int, int], ...] = ((0, 0), (0, 0), (0, 0))
-  use_bias: bool = True
-  kernel_init: Any = _KERNEL_INIT
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', self.kernel_init, (*self.kernel_size, x.shape[-1],
-                                                     self.features))
-    time_taps, time_stride = self.kernel_size[0], self.strides[0]
-    x = jnp.pad(x, ((0, 0), self.padding[0], (0, 0), (0, 0), (0, 0)))
-    out_frames = (x.shape[1] - time_taps) // time_stride + 1
-    out = 0.0
-    for tap in range(time_taps):
-      frames = x[:, tap:tap + time_stride * (out_frames - 1) + 1:time_stride]  # b f' h w c
-      y = jax.lax.conv_general_dilated(
-          einops.rearrange(frames, 'b f h w c -> (b f) h w c'), kernel[tap],
-          self.strides[1:], self.padding[1:], dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-      out = out + einops.rearrange(y, '(b f) h w c -> b f h w c', f=out_frames)
-    if self.use_bias:
-      out = out + self.param('bias', nn.initializers.zeros, (self.features,))
-    return out
 
 
 class PatchDiscriminator2D(nn.Module):
@@ -168,24 +135,24 @@ class PatchDiscriminator3D(nn.Module):
     kernel = (self.time_kernel, 4, 4)
     pad = ((time_pad, time_pad), (1, 1), (1, 1))
     frames = x.shape[1]
+    conv = functools.partial(layers.FrameTapConv, kernel_init=_KERNEL_INIT)
 
     def time_stride(spatial_stride: int) -> int:
       return 2 if spatial_stride == 2 and frames >= self.min_frames_for_time_stride else 1
 
     stride = time_stride(2)
-    h = FrameTapConv(channels[0], kernel, strides=(stride, 2, 2), padding=pad,
-                     name='conv_in')(x)
+    h = conv(channels[0], kernel, strides=(stride, 2, 2), padding=pad, name='conv_in')(x)
     frames = _conv_out_size(frames, self.time_kernel, stride, time_pad)
     h = nn.leaky_relu(h, _LEAKY_SLOPE)
     for n in range(1, self.num_layers + 1):
       spatial = 2 if n < self.num_layers else 1
       stride = time_stride(spatial)
-      h = FrameTapConv(channels[n], kernel, strides=(stride, spatial, spatial), padding=pad,
-                       use_bias=use_bias, name=f'convs_{n - 1}')(h)
+      h = conv(channels[n], kernel, strides=(stride, spatial, spatial), padding=pad,
+               use_bias=use_bias, name=f'convs_{n - 1}')(h)
       frames = _conv_out_size(frames, self.time_kernel, stride, time_pad)
       h = _norm_layer(self.norm, channels[n], f'norms_{n - 1}')(h)
       h = nn.leaky_relu(h, _LEAKY_SLOPE)
-    return FrameTapConv(1, kernel, padding=pad, name='conv_out')(h)
+    return conv(1, kernel, padding=pad, name='conv_out')(h)
 
 
 def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:

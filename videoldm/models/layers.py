@@ -7,7 +7,9 @@ is the computation dtype.
 """
 
 import math
+from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -59,6 +61,71 @@ def conv3x3(features: int, dtype, name: str | None = None, strides: int = 1) -> 
 def conv1x1(features: int, dtype, name: str | None = None) -> nn.Conv:
   """1x1 convolution (kernel shape `(1, 1, in, out)`, as PyTorch stores it)."""
   return nn.Conv(features, (1, 1), padding='VALID', dtype=dtype, name=name)
+
+
+class FrameTapConv(nn.Module):
+  """`nn.Conv` over videos `(b, f, h, w, c)` with kernel `(kt, kh, kw)`, run as 2D convs.
+
+  Same parameters (`kernel` `(kt, kh, kw, c, features)`, `bias`), padding and
+  strides as `nn.Conv`, so the two are interchangeable on a checkpoint. A
+  `(kt, 1, 1)` kernel is one `(kt, 1)` conv over `b f (h w) c`. Otherwise output
+  frame `i` sums, over taps `k`, the 2D conv of padded input frame
+  `i * stride_t + k` with `kernel[k]`: at time stride 1 each tap convolves all
+  frames and its output is shifted by `k` frames (the backward keeps only the
+  input), else each tap convolves its strided slice of the padded frames.
+  XLA's CPU 3D convs run at under half its 2D rate and take strided gradients
+  through a slow generic path (bench/HISTORY.md, "Temporal convs as 2D convs").
+  """
+
+  features: int
+  kernel_size: tuple[int, int, int]
+  strides: tuple[int, int, int] = (1, 1, 1)
+  padding: tuple[tuple[int, int], ...] = ((0, 0), (0, 0), (0, 0))
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Any = None  # Computation dtype; None: the inputs' and params' promoted dtype.
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init, (*self.kernel_size, x.shape[-1],
+                                                     self.features))
+    bias = (self.param('bias', nn.initializers.zeros, (self.features,))
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    (time_taps, *space), time_stride = self.kernel_size, self.strides[0]
+    time_pad, space_pad = tuple(self.padding[0]), [tuple(pad) for pad in self.padding[1:]]
+    frames = x.shape[1]
+    out_frames = (frames + sum(time_pad) - time_taps) // time_stride + 1
+
+    def conv2d(inputs, tap_kernel, strides, padding):  # float32 sums, rounded once.
+      return jax.lax.conv_general_dilated(
+          inputs, tap_kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          preferred_element_type=jnp.float32)
+
+    if space == [1, 1] and tuple(self.strides[1:]) == (1, 1) and space_pad == [(0, 0)] * 2:
+      out = conv2d(einops.rearrange(x, 'b f h w c -> b f (h w) c'), kernel[:, 0],
+                   (time_stride, 1), (time_pad, (0, 0)))  # b f' (h w) o
+      out = einops.rearrange(out, 'b f (h w) o -> b f h w o', h=x.shape[2])
+    elif time_stride == 1:
+      flat = einops.rearrange(x, 'b f h w c -> (b f) h w c')
+      out = 0.0
+      # Output frame i takes input frame i + tap - time_pad[0]. jnp.split's gradient is
+      # one concatenation, not a kernel-sized zero-padded piece per tap.
+      for tap, tap_kernel in enumerate(jnp.split(kernel, time_taps)):
+        y = conv2d(flat, tap_kernel[0], self.strides[1:], space_pad)
+        y = einops.rearrange(y, '(b f) h w o -> b f h w o', f=frames)
+        y = jnp.pad(y, ((0, 0), time_pad, (0, 0), (0, 0), (0, 0)))
+        out = out + y[:, tap:tap + out_frames]
+    else:
+      x = jnp.pad(x, ((0, 0), time_pad, (0, 0), (0, 0), (0, 0)))
+      out = 0.0
+      for tap, tap_kernel in enumerate(jnp.split(kernel, time_taps)):
+        taken = x[:, tap:tap + time_stride * (out_frames - 1) + 1:time_stride]  # b f' h w c
+        y = conv2d(einops.rearrange(taken, 'b f h w c -> (b f) h w c'), tap_kernel[0],
+                   self.strides[1:], space_pad)
+        out = out + einops.rearrange(y, '(b f) h w o -> b f h w o', f=out_frames)
+    out = out.astype(x.dtype)
+    return out if bias is None else out + bias
 
 
 class TimestepEmbedding(nn.Module):

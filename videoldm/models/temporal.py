@@ -346,10 +346,10 @@ class TemporalResBlock(nn.Module):
       raise ValueError(f'kernel_size={tuple(self.kernel_size)} must be three positive odd '
                        'numbers (frames, height, width).')
     self._check_temb_params(temb)
-    padding = [(k // 2, k // 2) for k in self.kernel_size]  # 'SAME' in f, h and w.
-    conv = lambda name, init=nn.initializers.lecun_normal(): nn.Conv(
-        self.out_channels, tuple(self.kernel_size), padding=padding, dtype=self.dtype,
-        kernel_init=init, name=name)
+    padding = tuple((k // 2, k // 2) for k in self.kernel_size)  # 'SAME' in f, h and w.
+    conv = lambda name, init=nn.initializers.lecun_normal(): layers.FrameTapConv(
+        self.out_channels, tuple(self.kernel_size), padding=padding, kernel_init=init,
+        dtype=self.dtype, name=name)
     branch = x if injection is None else x + injection
     video = einops.rearrange(branch, '(b f) h w c -> b f h w c', f=num_frames)
     hidden = layers.group_norm(self.groups, self.eps, self.dtype, 'norm1')(video)

@@ -129,9 +129,10 @@ class TemporalConv(nn.Module):
   def __call__(self, x: jax.Array, num_frames: int) -> jax.Array:
     check_num_frames(x.shape[0], num_frames)
     video = einops.rearrange(x, '(b f) h w c -> b f h w c', f=num_frames)
-    padding = [(k // 2, k // 2) for k in self.kernel_size]
-    hidden = nn.Conv(x.shape[-1], self.kernel_size, padding=padding, dtype=self.dtype,
-                     kernel_init=nn.initializers.zeros, name='conv')(video)
+    padding = tuple((k // 2, k // 2) for k in self.kernel_size)
+    hidden = layers.FrameTapConv(x.shape[-1], tuple(self.kernel_size), padding=padding,
+                                 kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                                 name='conv')(video)
     return (x + einops.rearrange(hidden, 'b f h w c -> (b f) h w c')).astype(x.dtype)
 
 
