@@ -65,23 +65,20 @@ def step_fn(conv_cls, kernel_size):
 
 
 def main():
+  cases = [(f'one conv gradient, kernel {kernel}, 2 x 8 x 16x32 x 80', conv_fn, kernel)
+           for kernel in ((3, 1, 1), (3, 3, 3))]
+  cases += [(f'video stage gradient, temporal kernel {kernel}', step_fn, kernel)
+            for kernel in ((3, 1, 1), (3, 3, 3))]
   rows = []
-  for kernel_size in ((3, 1, 1), (3, 3, 3)):
-    times = common.interleaved({'taps': conv_fn(layers.FrameTapConv, kernel_size),
-                                'conv3d': conv_fn(nn.Conv, kernel_size)}, ARGS.repeats)
+  for what, make_fn, kernel in cases:
+    times = common.interleaved({'taps': make_fn(layers.FrameTapConv, kernel),
+                                'conv3d': make_fn(nn.Conv, kernel)}, ARGS.repeats)
     ratio = common.median(times['conv3d']) / common.median(times['taps'])
-    rows.append([f'one conv gradient, kernel {kernel_size}, 2 x 8 x 16x32 x 80',
-                 common.spread(times['taps']), common.spread(times['conv3d']), f'{ratio:.2f}x'])
-  for kernel_size in ((3, 1, 1), (3, 3, 3)):
-    times = common.interleaved({'taps': step_fn(layers.FrameTapConv, kernel_size),
-                                'conv3d': step_fn(nn.Conv, kernel_size)}, ARGS.repeats)
-    ratio = common.median(times['conv3d']) / common.median(times['taps'])
-    rows.append([f'video stage gradient, temporal kernel {kernel_size}',
-                 common.spread(times['taps']), common.spread(times['conv3d']), f'{ratio:.2f}x'])
+    rows.append([what, common.spread(times['taps']), common.spread(times['conv3d']),
+                 f'{ratio:.2f}x'])
   common.report('Temporal convs on CPU', ['what', '2D convs (ours)', 'nn.Conv 3D', 'speed-up'],
                 rows)
   sys.stdout.flush()
-
 
 if __name__ == '__main__':
   main()

@@ -155,8 +155,9 @@ def step_figures(root: str) -> dict:
 
   The tiny SD folder gives the tokenizer and layer layout; the VAE and U-Net widths
   are SD's divided by 8 (VAE 16-32-64-64 with SD's factor-8 downsampling, U-Net
-  40-80), so the frozen encoders' share of a step is SD-like at CPU size. The cached
-  batch is the stage's `cache_entries`, what `python -m videoldm.cache` stores.
+  40-80) with the paper size's (3, 1, 1) temporal convs, so the frozen encoders' share of
+  a step is SD-like at CPU size. The cached batch is the stage's `cache_entries`, what
+  `python -m videoldm.cache` stores.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from videoldm import stages  # pylint: disable=g-import-not-at-top
@@ -169,6 +170,7 @@ def step_figures(root: str) -> dict:
   config = config_utils.override(config, **{
       'model.autoencoder.block_out_channels': (16, 32, 64, 64),
       'model.autoencoder.layers_per_block': 2, 'model.unet.block_out_channels': (40, 80),
+      'model.unet.temporal.conv_kernel_size': (3, 1, 1),  # The paper size's, not runlocal's.
       'model.frame_size': (height, width), 'data.image_size': height,
       'data.image_width': width, 'data.num_frames': 8, 'batch_size': 2, 'init_from': None})
   stage = stages.get_stage(config.stage)(config)
