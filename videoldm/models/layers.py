@@ -70,9 +70,7 @@ class FrameTapConv(nn.Module):
   strides as `nn.Conv`, so the two are interchangeable on a checkpoint. A
   `(kt, 1, 1)` kernel is one `(kt, 1)` conv over `b f (h w) c`. Otherwise output
   frame `i` sums, over taps `k`, the 2D conv of padded input frame
-  `i * stride_t + k` with `kernel[k]`: at time stride 1 each tap convolves all
-  frames and its output is shifted by `k` frames (the backward keeps only the
-  input), else each tap convolves its strided slice of the padded frames.
+  `i * stride_t + k` with `kernel[k]`.
   XLA's CPU 3D convs run at under half its 2D rate and take strided gradients
   through a slow generic path (bench/HISTORY.md, "Temporal convs as 2D convs").
   """
@@ -106,16 +104,6 @@ class FrameTapConv(nn.Module):
       out = conv2d(einops.rearrange(x, 'b f h w c -> b f (h w) c'), kernel[:, 0],
                    (time_stride, 1), (time_pad, (0, 0)))  # b f' (h w) o
       out = einops.rearrange(out, 'b f (h w) o -> b f h w o', h=x.shape[2])
-    elif time_stride == 1:
-      flat = einops.rearrange(x, 'b f h w c -> (b f) h w c')
-      out = 0.0
-      # Output frame i takes input frame i + tap - time_pad[0]. jnp.split's gradient is
-      # one concatenation, not a kernel-sized zero-padded piece per tap.
-      for tap, tap_kernel in enumerate(jnp.split(kernel, time_taps)):
-        y = conv2d(flat, tap_kernel[0], self.strides[1:], space_pad)
-        y = einops.rearrange(y, '(b f) h w o -> b f h w o', f=frames)
-        y = jnp.pad(y, ((0, 0), time_pad, (0, 0), (0, 0), (0, 0)))
-        out = out + y[:, tap:tap + out_frames]
     else:
       x = jnp.pad(x, ((0, 0), time_pad, (0, 0), (0, 0), (0, 0)))
       out = 0.0
