@@ -1,6 +1,5 @@
 """Patch discriminators (shapes, temporal receptive field) and GAN loss helpers."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
