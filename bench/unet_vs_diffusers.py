@@ -24,8 +24,14 @@ PARSER.add_argument('--repeats', type=int, default=7)
 PARSER.add_argument('--batch', type=int, default=8)
 PARSER.add_argument('--skip_vae', action='store_true')
 PARSER.add_argument('--size', choices=('mid', 'sd15'), default='mid')
+PARSER.add_argument('--devices', choices=('per_core', 'one'), default='per_core',
+                    help="ours on one XLA CPU device per core (the batch split across them, "
+                         "as training and sampling run) or on one device")
 ARGS = PARSER.parse_args()
 CORES = common.configure_cpu_threads(ARGS.threads) if ARGS.threads else None
+if ARGS.devices == 'per_core':
+  from videoldm import host_devices  # pylint: disable=g-import-not-at-top,wrong-import-position
+  host_devices.use_one_device_per_core()
 
 import diffusers  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -54,6 +60,14 @@ CONTEXT_DIM = UNET['cross_attention_dim']
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
+def put(params, *batched):
+  """Params replicated, batched arrays split along their first axis over every device."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  return [jax.device_put(params, replicated)] + [jax.device_put(a, split) for a in batched]
+
+
 def synchronized(out: torch.Tensor) -> torch.Tensor:
   """Waits for the GPU (if any)."""
   if DEVICE == 'cuda':
@@ -70,7 +84,7 @@ def unet_case(batch: int):
   t = np.full((batch,), 500.0, np.float32)
   context = rng.standard_normal((batch, 77, CONTEXT_DIM)).astype(np.float32)
   ours = jax.jit(lambda p, x, t, c: model.apply({'params': p}, x, t, c))
-  args = [jax.device_put(a) for a in (params, x, t, context)]
+  args = put(params, x, t, context)
   torch_model.to(DEVICE)
   tx, tt, tc = (a.to(DEVICE) for a in (ref.nchw(x), torch.from_numpy(t), torch.from_numpy(context)))
 
@@ -88,7 +102,7 @@ def vae_case(batch: int):
                                                           dict(torch_model.config))
   z = np.random.default_rng(0).standard_normal((batch, 32, 32, 4)).astype(np.float32)
   ours = jax.jit(lambda p, z: module.apply({'params': p}, z, method='decode'))
-  args = [jax.device_put(a) for a in (params, z)]
+  args = put(params, z)
   torch_model.to(DEVICE)
   tz = ref.nchw(z).to(DEVICE)
 
@@ -116,7 +130,7 @@ def main():
   common.report(
       f'Figure 1: forward vs diffusers (same weights, float32, {ARGS.size} size)',
       ['model', 'ours (jit)', 'diffusers (torch)', 'our throughput / theirs', 'rel. error'],
-      rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores); '
+      rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores, {jax.device_count()} XLA device(s)); '
              f'batch {ARGS.batch}, latents 32x32x4; median (min-max) of {ARGS.repeats} '
              'interleaved calls'])
 
