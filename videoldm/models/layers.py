@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from videoldm.models import conv
+
 # PyTorch `Conv2d(kernel_size=3, padding=1)` pads one pixel on every side, also
 # with stride 2 (Flax 'SAME' would pad (0, 1) there), so padding is explicit.
 _PAD_ONE = ((1, 1), (1, 1))
@@ -52,10 +54,10 @@ def group_norm(groups: int, eps: float, dtype, name: str | None = None) -> nn.Gr
                       use_fast_variance=True, name=name)
 
 
-def conv3x3(features: int, dtype, name: str | None = None, strides: int = 1) -> nn.Conv:
+def conv3x3(features: int, dtype, name: str | None = None, strides: int = 1) -> conv.Conv2D:
   """3x3 convolution padded by one pixel on each side (PyTorch `padding=1`)."""
-  return nn.Conv(features, (3, 3), strides=(strides, strides), padding=_PAD_ONE,
-                 dtype=dtype, name=name)
+  return conv.Conv2D(features, (3, 3), strides=(strides, strides), padding=_PAD_ONE,
+                     dtype=dtype, name=name)
 
 
 def conv1x1(features: int, dtype, name: str | None = None) -> nn.Conv:
@@ -198,8 +200,8 @@ class Downsample(nn.Module):
     else:
       raise ValueError(f"Downsample padding {self.padding!r} is not one of "
                        "'same', 'asymmetric'.")
-    return nn.Conv(self.out_channels, (3, 3), strides=(2, 2), padding=pad,
-                   dtype=self.dtype, name='conv')(x)
+    return conv.Conv2D(self.out_channels, (3, 3), strides=(2, 2), padding=pad,
+                       dtype=self.dtype, name='conv')(x)
 
 
 class Upsample(nn.Module):
