@@ -79,7 +79,8 @@ def test_conv2d_module_shares_nn_convs_parameters_initialisation_and_outputs():
     ((1, 16, 16, 640), (3, 3, 640, 640), (2, 2), 'cpu', 'im2col'),  # strided down to 8x8
     ((4, 64, 64, 256), (3, 3, 256, 256), (1, 1), 'cpu', 'winograd'),  # 1024 tiles
     ((4, 256, 256, 64), (3, 3, 64, 64), (1, 1), 'cpu', 'xla'),  # too few channels
-    ((1, 32, 32, 320), (3, 3, 320, 320), (1, 1), 'cpu', 'xla'),  # 64 tiles < 320 channels
+    ((4, 32, 32, 64), (3, 3, 64, 64), (1, 1), 'cpu', 'winograd'),  # small enough for cache
+    ((1, 32, 32, 32), (3, 3, 32, 32), (1, 1), 'cpu', 'xla'),  # too few channels
     ((1, 8, 8, 1280), (1, 1, 1280, 1280), (1, 1), 'cpu', 'xla'),  # 1x1: a matmul already
     ((1, 8, 8, 1280), (3, 3, 1280, 1280), (1, 1), 'gpu', 'xla'),
 ])
@@ -87,6 +88,11 @@ def test_choose_picks_the_form_the_cpu_measurements_favour(x_shape, kernel_shape
                                                            backend, expected):
   assert conv.choose(x_shape, kernel_shape, strides, ((1, 1), (1, 1)), jnp.float32,
                      backend) == expected
+
+
+def test_winograd_tile_is_4_up_to_512_by_512_channels_then_2():
+  assert [conv.winograd_tile(c, o) for c, o in [(64, 64), (512, 512), (640, 640), (512, 640)]] == [
+      4, 4, 2, 2]
 
 
 def test_conv2d_rejects_an_unknown_form_and_winograd_off_its_shape():

@@ -3,8 +3,8 @@
 XLA's CPU convolution is slow in two regimes that SD-size models live in
 (bench/RESULTS.md, figure 1): few output positions with many channels (a
 1280-channel 3x3 conv on 8x8 latents runs at a third of its matmul rate), and
-3x3 convs with many positions, where Winograd F(4x4, 3x3) needs 4x fewer
-multiplies. `conv2d` then runs one matmul over the image patches ('im2col') or
+3x3 convs with enough channels, where Winograd F(4x4, 3x3) needs 4x fewer
+multiplies (F(2x2, 3x3) 2.25x). `conv2d` then runs one matmul over the image patches ('im2col') or
 `winograd.conv3x3`; everything else, and every other backend, is XLA's conv.
 `Conv2D` is `nn.Conv` (same parameters and initialisation) on `conv2d`.
 """
@@ -19,10 +19,19 @@ from videoldm.models import winograd
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 IMPLEMENTATIONS = (None, 'xla', 'im2col', 'winograd')
-# Winograd pays for its tile transforms only with enough channels per pixel and
-# enough tiles per transformed kernel (measured on a 2-core AVX-512 EPYC).
-WINOGRAD_TILE = 4
-WINOGRAD_MIN_CHANNELS = 128
+# Winograd's tile transforms are memory-bound: they pay off with enough channels
+# per pixel or activations small enough to stay in cache; F(4x4, 3x3)'s 36
+# transformed taps (4x the kernel) pay off up to 512 x 512 channels, F(2x2, 3x3)'s
+# 16 beyond (measured on a 2-core AVX-512 EPYC, bench/HISTORY.md).
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_CACHED_ELEMENTS = 2**22  # Activations this small need no more channels than that.
+WINOGRAD_WIDE_CHANNELS = 128  # Larger activations need at least this many.
+WINOGRAD_LARGE_TILE_MAX_WEIGHTS = 512 * 512
+
+
+def winograd_tile(channels: int, features: int) -> int:
+  """F(tile x tile, 3 x 3): 4 while the transformed kernel stays cache-friendly, else 2."""
+  return 4 if channels * features <= WINOGRAD_LARGE_TILE_MAX_WEIGHTS else 2
 
 
 def choose(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple[int, int],
@@ -36,9 +45,10 @@ def choose(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tup
   out_w = (width + sum(padding[1]) - kw) // sw + 1
   if batch * out_h * out_w <= channels:
     return 'im2col'
-  tiles = batch * -(-height // WINOGRAD_TILE) * -(-width // WINOGRAD_TILE)
+  wide_enough = channels >= (WINOGRAD_MIN_CHANNELS if batch * height * width * channels
+                             <= WINOGRAD_CACHED_ELEMENTS else WINOGRAD_WIDE_CHANNELS)
   if (kernel_shape[:2] == (3, 3) and strides == (1, 1) and padding == ((1, 1), (1, 1))
-      and dtype == jnp.float32 and channels >= WINOGRAD_MIN_CHANNELS and tiles >= channels):
+      and dtype == jnp.float32 and wide_enough):
     return 'winograd'
   return 'xla'
 
@@ -78,7 +88,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int] = (1, 1),
     if kernel.shape[:2] != (3, 3) or strides != (1, 1) or padding != ((1, 1), (1, 1)):
       raise ValueError(f'Winograd convolution needs a 3x3 kernel, stride 1 and padding 1; '
                        f'got kernel {kernel.shape[:2]}, strides {strides}, padding {padding}.')
-    return winograd.conv3x3(x, kernel, WINOGRAD_TILE)
+    return winograd.conv3x3(x, kernel, winograd_tile(*kernel.shape[2:]))
   return jax.lax.conv_general_dilated(x, kernel, strides, padding,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
