@@ -51,8 +51,9 @@ def _blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
   Keys and values are put head-major once, outside the loop: inside it, XLA
   would transpose them for every block (a third of a CPU U-Net forward).
-  Numerics follow `jax.nn.dot_product_attention`'s XLA path: float32 logits and
-  softmax, masked logits at its large negative value.
+  Numerics follow `jax.nn.dot_product_attention`'s XLA path (float32 logits and
+  softmax, masked logits at its large negative value), except that the softmax
+  is normalised after the value matmul.
   """
   n, head_dim = q.shape[1], q.shape[-1]
   block = _query_block_size(q, k)
@@ -71,8 +72,12 @@ def _blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     logits = logits * jnp.asarray(head_dim**-0.5, logits_dtype)
     if mask is not None:
       logits = jnp.where(mask, logits, large_negative)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    return jnp.einsum('bhnm,bhmd->bhnd', probs, v)
+    logits = logits.astype(jnp.float32)
+    # Softmax normalised after the value matmul: one pass less over the scores.
+    weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+    out = jnp.einsum('bhnm,bhmd->bhnd', weights.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    return (out / weights.sum(-1, keepdims=True)).astype(v.dtype)
 
   out = jax.lax.map(attend, q)
   return einops.rearrange(out, 'nb b h n d -> b (nb n) h d')[:, :n]  # (b, n, heads, d)
