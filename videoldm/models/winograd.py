@@ -6,7 +6,7 @@ with 9 m^2 / (m + 2)^2 times fewer multiplies than the direct one (2.25 for
 m = 2, 4 for m = 4). XLA's CPU convolutions run a single device's small-channel
 convolutions on one thread at about its matmul rate, so fewer multiplies is
 the lever there (bench/RESULTS.md, figure 1). Tile transforms are sums of
-strided slices, which XLA fuses; gradients are the autodiff of the same ops.
+strided slices, which XLA fuses; `conv.conv2d` gives this a custom gradient.
 """
 
 import jax
