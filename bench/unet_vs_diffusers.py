@@ -11,6 +11,12 @@ decode (SD VAE layout at half width) of 8 latents 32x32x4 -> 256x256x3.
 
 `--size=sd15`: the published SD 1.5 widths (U-Net 320/640/1280/1280, 768-d text
 context; VAE 128/256/512/512), 32x32x4 latents.
+
+'U-Net sampling step' times the U-Net as a sampler runs it: `--sampling_steps`
+denoising steps `x <- x - 0.01 eps(x)` in one `lax.scan` (ours, as
+`diffusion.ddim` runs) and in a Python loop (diffusers), reported per step.
+XLA computes what does not change between steps once, before the loop (on a
+CPU, the Winograd convolutions' transformed kernels); a single forward cannot.
 """
 
 import argparse
@@ -23,6 +29,8 @@ PARSER.add_argument('--threads', type=int, default=2)
 PARSER.add_argument('--repeats', type=int, default=7)
 PARSER.add_argument('--batch', type=int, default=8)
 PARSER.add_argument('--skip_vae', action='store_true')
+PARSER.add_argument('--sampling_steps', type=int, default=8,
+                    help="steps of the 'U-Net sampling step' row (0: no such row)")
 PARSER.add_argument('--size', choices=('mid', 'sd15'), default='mid')
 PARSER.add_argument('--devices', choices=('per_core', 'one'), default='per_core',
                     help="ours on one XLA CPU device per core (the batch split across them, "
@@ -75,7 +83,8 @@ def synchronized(out: torch.Tensor) -> torch.Tensor:
   return out
 
 
-def unet_case(batch: int):
+def unet_models(batch: int):
+  """diffusers' U-Net with random weights, ours converted from it, and inputs on both sides."""
   torch_model = ref.randomize_(diffusers.UNet2DConditionModel(**UNET), seed=0)
   model, params = convert_unet.unet_from_diffusers(ref.state_dict_numpy(torch_model),
                                                    torch_model.config)
@@ -83,14 +92,41 @@ def unet_case(batch: int):
   x = rng.standard_normal((batch, 32, 32, 4)).astype(np.float32)
   t = np.full((batch,), 500.0, np.float32)
   context = rng.standard_normal((batch, 77, CONTEXT_DIM)).astype(np.float32)
-  ours = jax.jit(lambda p, x, t, c: model.apply({'params': p}, x, t, c))
-  args = put(params, x, t, context)
   torch_model.to(DEVICE)
-  tx, tt, tc = (a.to(DEVICE) for a in (ref.nchw(x), torch.from_numpy(t), torch.from_numpy(context)))
+  torch_args = [a.to(DEVICE) for a in (ref.nchw(x), torch.from_numpy(t),
+                                        torch.from_numpy(context))]
+  return model, put(params, x, t, context), torch_model, torch_args
+
+
+def unet_case(batch: int):
+  model, args, torch_model, (tx, tt, tc) = unet_models(batch)
+  ours = jax.jit(lambda p, x, t, c: model.apply({'params': p}, x, t, c))
 
   def theirs():
     with torch.inference_mode():
       return synchronized(torch_model(tx, tt, tc).sample)
+
+  error = ref.relative_error(ours(*args), ref.nhwc(theirs().cpu()))
+  return (lambda: ours(*args)), theirs, error
+
+
+def unet_sampling_case(batch: int):
+  """`--sampling_steps` denoising steps in a row, both sides (timed per step by `main`)."""
+  model, args, torch_model, (tx, tt, tc) = unet_models(batch)
+
+  def sample(p, x, t, c):
+    def step(x, _):
+      return x - 0.01 * model.apply({'params': p}, x, t, c), None
+    return jax.lax.scan(step, x, None, length=ARGS.sampling_steps)[0]
+
+  ours = jax.jit(sample)
+
+  def theirs():
+    with torch.inference_mode():
+      x = tx
+      for _ in range(ARGS.sampling_steps):
+        x = x - 0.01 * torch_model(x, tt, tc).sample
+      return synchronized(x)
 
   error = ref.relative_error(ours(*args), ref.nhwc(theirs().cpu()))
   return (lambda: ours(*args)), theirs, error
@@ -120,10 +156,15 @@ def main():
   if DEVICE == 'cuda':  # XLA's default f32 matmul precision on GPU allows TF32; match it.
     torch.set_float32_matmul_precision('high')
   rows = []
-  cases = [('U-Net forward', unet_case)] + ([] if ARGS.skip_vae else [('VAE decode', vae_case)])
-  for name, make in cases:
+  cases = [('U-Net forward', unet_case, 1)]
+  if ARGS.sampling_steps:
+    cases.append(('U-Net sampling step', unet_sampling_case, ARGS.sampling_steps))
+  if not ARGS.skip_vae:
+    cases.append(('VAE decode', vae_case, 1))
+  for name, make, calls in cases:
     ours, theirs, error = make(ARGS.batch)
     times = common.interleaved({'ours': ours, 'diffusers': theirs}, ARGS.repeats, warmup=2)
+    times = {side: [time / calls for time in values] for side, values in times.items()}
     ratio = common.median(times['diffusers']) / common.median(times['ours'])
     rows.append([name, common.spread(times['ours']), common.spread(times['diffusers']),
                  f'{ratio:.2f}x', f'{error:.1e}'])

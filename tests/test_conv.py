@@ -81,6 +81,7 @@ def test_conv2d_module_shares_nn_convs_parameters_initialisation_and_outputs():
     ((4, 256, 256, 64), (3, 3, 64, 64), (1, 1), 'cpu', 'xla'),  # too few channels
     ((4, 32, 32, 64), (3, 3, 64, 64), (1, 1), 'cpu', 'winograd'),  # small enough for cache
     ((1, 32, 32, 32), (3, 3, 32, 32), (1, 1), 'cpu', 'xla'),  # too few channels
+    ((8, 4, 4, 64), (3, 3, 64, 64), (1, 1), 'cpu', 'xla'),  # 2^22 multiply-adds: too little work
     ((1, 8, 8, 1280), (1, 1, 1280, 1280), (1, 1), 'cpu', 'xla'),  # 1x1: a matmul already
     ((1, 8, 8, 1280), (3, 3, 1280, 1280), (1, 1), 'gpu', 'xla'),
 ])

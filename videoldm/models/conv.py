@@ -27,6 +27,10 @@ WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_CACHED_ELEMENTS = 2**22  # Activations this small need no more channels than that.
 WINOGRAD_WIDE_CHANNELS = 128  # Larger activations need at least this many.
 WINOGRAD_LARGE_TILE_MAX_WEIGHTS = 512 * 512
+# Below this many multiply-adds a conv takes about a millisecond whatever its form;
+# the other forms' larger graphs would only lengthen compiles (a quickstart image
+# train step: 15 s with XLA's convs, 40 s with every form).
+MIN_MULTIPLY_ADDS = 2**26
 
 
 def winograd_tile(channels: int, features: int) -> int:
@@ -43,6 +47,8 @@ def choose(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tup
   (kh, kw), (sh, sw) = kernel_shape[:2], strides
   out_h = (height + sum(padding[0]) - kh) // sh + 1
   out_w = (width + sum(padding[1]) - kw) // sw + 1
+  if batch * out_h * out_w * kh * kw * channels * kernel_shape[3] < MIN_MULTIPLY_ADDS:
+    return 'xla'
   if batch * out_h * out_w <= channels:
     return 'im2col'
   wide_enough = channels >= (WINOGRAD_MIN_CHANNELS if batch * height * width * channels
