@@ -20,6 +20,7 @@ CPU, the Winograd convolutions' transformed kernels); a single forward cannot.
 """
 
 import argparse
+import gc
 import sys
 
 import common
@@ -168,6 +169,8 @@ def main():
     ratio = common.median(times['diffusers']) / common.median(times['ours'])
     rows.append([name, common.spread(times['ours']), common.spread(times['diffusers']),
                  f'{ratio:.2f}x', f'{error:.1e}'])
+    del ours, theirs  # Both models' weights go before the next case builds its own.
+    gc.collect()
   common.report(
       f'Figure 1: forward vs diffusers (same weights, float32, {ARGS.size} size)',
       ['model', 'ours (jit)', 'diffusers (torch)', 'our throughput / theirs', 'rel. error'],
