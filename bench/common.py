@@ -77,7 +77,7 @@ def vector_extensions() -> str:
 
 
 def machine() -> str:
-  """CPU model, core count, load average, and the accelerator if jax sees one."""
+  """CPU model, core count, load average, the accelerator if jax sees one, XLA_FLAGS."""
   model = platform.processor() or 'unknown CPU'
   try:
     with open('/proc/cpuinfo') as f:
@@ -91,7 +91,7 @@ def machine() -> str:
     import jax  # pylint: disable=import-outside-toplevel
     device = jax.devices()[0]
     text += f', jax {jax.__version__} on {device.platform} ({device.device_kind})'
-  return text
+  return text + f", XLA_FLAGS '{os.environ.get('XLA_FLAGS', '')}'"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
