@@ -8,6 +8,12 @@ decode (SD VAE layout at half width) of 8 latents 32x32x4 -> 256x256x3.
 
   python bench/unet_vs_diffusers.py [--threads=2] [--repeats=7] [--batch=8]
   python bench/unet_vs_diffusers.py --size=sd15 --batch=2   # SD 1.5 U-Net and VAE
+  python bench/unet_vs_diffusers.py --devices=processes      # ours: one process per core
+
+`--devices=processes` runs ours as one single-device JAX process per core, each
+on its rows of the batch (bench/core_processes.py), as `launch/multiprocess_cpu.sh
+--devices_per_process=1` trains; the default is one XLA device per core in one
+process, as training and sampling run by default.
 
 `--size=sd15`: the published SD 1.5 widths (U-Net 320/640/1280/1280, 768-d text
 context; VAE 128/256/512/512), 32x32x4 latents.
@@ -21,9 +27,11 @@ CPU, the Winograd convolutions' transformed kernels); a single forward cannot.
 
 import argparse
 import gc
+import os
 import sys
 
 import common
+import core_processes
 
 PARSER = argparse.ArgumentParser()
 PARSER.add_argument('--threads', type=int, default=2)
@@ -33,12 +41,19 @@ PARSER.add_argument('--skip_vae', action='store_true')
 PARSER.add_argument('--sampling_steps', type=int, default=8,
                     help="steps of the 'U-Net sampling step' row (0: no such row)")
 PARSER.add_argument('--size', choices=('mid', 'sd15'), default='mid')
-PARSER.add_argument('--devices', choices=('per_core', 'one'), default='per_core',
+PARSER.add_argument('--devices', choices=('per_core', 'one', 'processes'), default='per_core',
                     help="ours on one XLA CPU device per core (the batch split across them, "
-                         "as training and sampling run) or on one device")
+                         "as training and sampling run), on one device, or as one "
+                         "single-device process per core (bench/core_processes.py)")
+PARSER.add_argument(core_processes.CORE_FLAG, type=int, help=argparse.SUPPRESS)
 ARGS = PARSER.parse_args()
-CORES = common.configure_cpu_threads(ARGS.threads) if ARGS.threads else None
-if ARGS.devices == 'per_core':
+if ARGS.core is not None:  # A worker of --devices=processes: its core, one XLA device.
+  core_processes.pin_to_core(ARGS.core)
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  CORES = 1
+else:
+  CORES = common.configure_cpu_threads(ARGS.threads) if ARGS.threads else None
+if ARGS.devices == 'per_core' and ARGS.core is None:
   from videoldm import host_devices  # pylint: disable=g-import-not-at-top,wrong-import-position
   host_devices.use_one_device_per_core()
 
@@ -70,11 +85,15 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
 def put(params, *batched):
-  """Params replicated, batched arrays split along their first axis over every device."""
+  """Params replicated, this process's rows of the batched arrays split over its devices."""
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  return [jax.device_put(params, replicated)] + [jax.device_put(a, split) for a in batched]
+  rows = slice(None)
+  if ARGS.core is not None:  # One of ARGS.threads core processes: its share of the batch.
+    share = batched[0].shape[0] // ARGS.threads
+    rows = slice(ARGS.core * share, (ARGS.core + 1) * share)
+  return [jax.device_put(params, replicated)] + [jax.device_put(a[rows], split) for a in batched]
 
 
 def synchronized(out: torch.Tensor) -> torch.Tensor:
@@ -84,71 +103,94 @@ def synchronized(out: torch.Tensor) -> torch.Tensor:
   return out
 
 
-def unet_models(batch: int):
-  """diffusers' U-Net with random weights, ours converted from it, and inputs on both sides."""
+def unet_models(batch: int, sides: tuple[str, ...]):
+  """Ours `(model, args)` and diffusers' `(model, args)`, each None unless in `sides`."""
   torch_model = ref.randomize_(diffusers.UNet2DConditionModel(**UNET), seed=0)
-  model, params = convert_unet.unet_from_diffusers(ref.state_dict_numpy(torch_model),
-                                                   torch_model.config)
   rng = np.random.default_rng(0)
   x = rng.standard_normal((batch, 32, 32, 4)).astype(np.float32)
   t = np.full((batch,), 500.0, np.float32)
   context = rng.standard_normal((batch, 77, CONTEXT_DIM)).astype(np.float32)
-  torch_model.to(DEVICE)
-  torch_args = [a.to(DEVICE) for a in (ref.nchw(x), torch.from_numpy(t),
-                                        torch.from_numpy(context))]
-  return model, put(params, x, t, context), torch_model, torch_args
+  ours = theirs = None
+  if 'ours' in sides:
+    state, config = ref.state_dict_numpy(torch_model), torch_model.config
+    if 'theirs' not in sides:
+      del torch_model  # At SD 1.5 size each copy of the weights is 3.4 GB.
+    model, params = convert_unet.unet_from_diffusers(state, config)
+    del state
+    ours = model, put(params, x, t, context)
+  if 'theirs' in sides:
+    torch_model.to(DEVICE)
+    theirs = torch_model, [a.to(DEVICE) for a in (ref.nchw(x), torch.from_numpy(t),
+                                                  torch.from_numpy(context))]
+  return ours, theirs
 
 
-def unet_case(batch: int):
-  model, args, torch_model, (tx, tt, tc) = unet_models(batch)
-  ours = jax.jit(lambda p, x, t, c: model.apply({'params': p}, x, t, c))
+def unet_case(batch: int, sides: tuple[str, ...]):
+  """`(ours, theirs)`: one U-Net forward each (None for a side not in `sides`)."""
+  ours, theirs = unet_models(batch, sides)
+  ours_fn = theirs_fn = None
+  if ours:
+    model, args = ours
+    forward = jax.jit(lambda p, x, t, c: model.apply({'params': p}, x, t, c))
+    ours_fn = lambda: forward(*args)
+  if theirs:
+    torch_model, (tx, tt, tc) = theirs
 
-  def theirs():
-    with torch.inference_mode():
-      return synchronized(torch_model(tx, tt, tc).sample)
-
-  error = ref.relative_error(ours(*args), ref.nhwc(theirs().cpu()))
-  return (lambda: ours(*args)), theirs, error
+    def theirs_fn():
+      with torch.inference_mode():
+        return synchronized(torch_model(tx, tt, tc).sample)
+  return ours_fn, theirs_fn
 
 
-def unet_sampling_case(batch: int):
+def unet_sampling_case(batch: int, sides: tuple[str, ...]):
   """`--sampling_steps` denoising steps in a row, both sides (timed per step by `main`)."""
-  model, args, torch_model, (tx, tt, tc) = unet_models(batch)
+  ours, theirs = unet_models(batch, sides)
+  ours_fn = theirs_fn = None
+  if ours:
+    model, args = ours
 
-  def sample(p, x, t, c):
-    def step(x, _):
-      return x - 0.01 * model.apply({'params': p}, x, t, c), None
-    return jax.lax.scan(step, x, None, length=ARGS.sampling_steps)[0]
+    def sample(p, x, t, c):
+      def step(x, _):
+        return x - 0.01 * model.apply({'params': p}, x, t, c), None
+      return jax.lax.scan(step, x, None, length=ARGS.sampling_steps)[0]
 
-  ours = jax.jit(sample)
+    sampler = jax.jit(sample)
+    ours_fn = lambda: sampler(*args)
+  if theirs:
+    torch_model, (tx, tt, tc) = theirs
 
-  def theirs():
-    with torch.inference_mode():
-      x = tx
-      for _ in range(ARGS.sampling_steps):
-        x = x - 0.01 * torch_model(x, tt, tc).sample
-      return synchronized(x)
-
-  error = ref.relative_error(ours(*args), ref.nhwc(theirs().cpu()))
-  return (lambda: ours(*args)), theirs, error
+    def theirs_fn():
+      with torch.inference_mode():
+        x = tx
+        for _ in range(ARGS.sampling_steps):
+          x = x - 0.01 * torch_model(x, tt, tc).sample
+        return synchronized(x)
+  return ours_fn, theirs_fn
 
 
-def vae_case(batch: int):
+def vae_case(batch: int, sides: tuple[str, ...]):
+  """`(ours, theirs)`: one autoencoder decode each (None for a side not in `sides`)."""
   torch_model = ref.randomize_(diffusers.AutoencoderKL(**VAE), seed=0)
-  module, params = convert_vae.autoencoder_from_diffusers(ref.state_dict_numpy(torch_model),
-                                                          dict(torch_model.config))
   z = np.random.default_rng(0).standard_normal((batch, 32, 32, 4)).astype(np.float32)
-  ours = jax.jit(lambda p, z: module.apply({'params': p}, z, method='decode'))
-  args = put(params, z)
-  torch_model.to(DEVICE)
-  tz = ref.nchw(z).to(DEVICE)
+  ours_fn = theirs_fn = None
+  if 'ours' in sides:
+    module, params = convert_vae.autoencoder_from_diffusers(ref.state_dict_numpy(torch_model),
+                                                            dict(torch_model.config))
+    decode = jax.jit(lambda p, z: module.apply({'params': p}, z, method='decode'))
+    args = put(params, z)
+    ours_fn = lambda: decode(*args)
+  if 'theirs' in sides:
+    torch_model.to(DEVICE)
+    tz = ref.nchw(z).to(DEVICE)
 
-  def theirs():
-    with torch.inference_mode():
-      return synchronized(torch_model.decode(tz).sample)
+    def theirs_fn():
+      with torch.inference_mode():
+        return synchronized(torch_model.decode(tz).sample)
+  return ours_fn, theirs_fn
 
-  error = ref.relative_error(ours(*args), ref.nhwc(theirs().cpu()))
-  return (lambda: ours(*args)), theirs, error
+
+CASES = {'U-Net forward': (unet_case, 1), 'U-Net sampling step': (unet_sampling_case, None),
+         'VAE decode': (vae_case, 1)}
 
 
 def main():
@@ -156,14 +198,27 @@ def main():
     torch.set_num_threads(CORES)
   if DEVICE == 'cuda':  # XLA's default f32 matmul precision on GPU allows TF32; match it.
     torch.set_float32_matmul_precision('high')
+  names = ['U-Net forward'] + ['U-Net sampling step'] * bool(ARGS.sampling_steps)
+  names += ['VAE decode'] * (not ARGS.skip_vae)
+  workers = None
+  if ARGS.devices == 'processes':
+    if ARGS.batch % CORES:
+      raise ValueError(f'--batch={ARGS.batch} must be a multiple of the {CORES} cores for '
+                       '--devices=processes.')
+    workers = core_processes.CoreProcesses(__file__, sys.argv[1:] + [f'--threads={CORES}'],
+                                           CORES)
   rows = []
-  cases = [('U-Net forward', unet_case, 1)]
-  if ARGS.sampling_steps:
-    cases.append(('U-Net sampling step', unet_sampling_case, ARGS.sampling_steps))
-  if not ARGS.skip_vae:
-    cases.append(('VAE decode', vae_case, 1))
-  for name, make, calls in cases:
-    ours, theirs, error = make(ARGS.batch)
+  for name in names:
+    make, calls = CASES[name]
+    calls = calls or ARGS.sampling_steps
+    if workers:
+      _, theirs = make(ARGS.batch, ('theirs',))
+      workers.build(name)
+      ours, ours_output = workers.run, workers.output
+    else:
+      ours, theirs = make(ARGS.batch, ('ours', 'theirs'))
+      ours_output = lambda: np.asarray(ours())  # pylint: disable=cell-var-from-loop
+    error = ref.relative_error(ours_output(), ref.nhwc(theirs().cpu()))
     times = common.interleaved({'ours': ours, 'diffusers': theirs}, ARGS.repeats, warmup=2)
     times = {side: [time / calls for time in values] for side, values in times.items()}
     ratio = common.median(times['diffusers']) / common.median(times['ours'])
@@ -171,13 +226,25 @@ def main():
                  f'{ratio:.2f}x', f'{error:.1e}'])
     del ours, theirs  # Both models' weights go before the next case builds its own.
     gc.collect()
+  if workers:
+    workers.close()
+  placement = (f'{CORES} single-device processes, one per core' if workers else
+               f'{jax.device_count()} XLA device(s)')
   common.report(
       f'Figure 1: forward vs diffusers (same weights, float32, {ARGS.size} size)',
       ['model', 'ours (jit)', 'diffusers (torch)', 'our throughput / theirs', 'rel. error'],
-      rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores, {jax.device_count()} XLA device(s)); '
+      rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores, {placement}); '
              f'batch {ARGS.batch}, latents 32x32x4; median (min-max) of {ARGS.repeats} '
              'interleaved calls'])
 
 
+def serve_core() -> None:
+  """A `--core=i` worker: builds and runs the parent's cases on its rows of the batch."""
+  core_processes.serve(lambda name: CASES[name][0](ARGS.batch, ('ours',))[0])
+
+
 if __name__ == '__main__':
-  main()
+  if ARGS.core is None:
+    main()
+  else:
+    serve_core()
