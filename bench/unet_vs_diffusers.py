@@ -233,8 +233,9 @@ def main():
   common.report(
       f'Figure 1: forward vs diffusers (same weights, float32, {ARGS.size} size)',
       ['model', 'ours (jit)', 'diffusers (torch)', 'our throughput / theirs', 'rel. error'],
-      rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores, {placement}); '
-             f'batch {ARGS.batch}, latents 32x32x4; median (min-max) of {ARGS.repeats} '
+      rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; '
+             f'threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores, '
+             f'{placement}); batch {ARGS.batch}, latents 32x32x4; median (min-max) of {ARGS.repeats} '
              'interleaved calls'])
 
 
