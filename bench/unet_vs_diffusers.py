@@ -235,8 +235,8 @@ def main():
       ['model', 'ours (jit)', 'diffusers (torch)', 'our throughput / theirs', 'rel. error'],
       rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; '
              f'threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores, '
-             f'{placement}); batch {ARGS.batch}, latents 32x32x4; median (min-max) of {ARGS.repeats} '
-             'interleaved calls'])
+             f'{placement}); batch {ARGS.batch}, latents 32x32x4; median (min-max) of '
+             f'{ARGS.repeats} interleaved calls'])
 
 
 def serve_core() -> None:
