@@ -26,6 +26,7 @@ CPU, the Winograd convolutions' transformed kernels); a single forward cannot.
 """
 
 import argparse
+import functools
 import gc
 import os
 import sys
@@ -125,34 +126,23 @@ def unet_models(batch: int, sides: tuple[str, ...]):
   return ours, theirs
 
 
-def unet_case(batch: int, sides: tuple[str, ...]):
-  """`(ours, theirs)`: one U-Net forward each (None for a side not in `sides`)."""
-  ours, theirs = unet_models(batch, sides)
-  ours_fn = theirs_fn = None
-  if ours:
-    model, args = ours
-    forward = jax.jit(lambda p, x, t, c: model.apply({'params': p}, x, t, c))
-    ours_fn = lambda: forward(*args)
-  if theirs:
-    torch_model, (tx, tt, tc) = theirs
+def unet_case(batch: int, sides: tuple[str, ...], steps: int = 0):
+  """`(ours, theirs)`: one U-Net forward each, or `steps` denoising steps in a row.
 
-    def theirs_fn():
-      with torch.inference_mode():
-        return synchronized(torch_model(tx, tt, tc).sample)
-  return ours_fn, theirs_fn
-
-
-def unet_sampling_case(batch: int, sides: tuple[str, ...]):
-  """`--sampling_steps` denoising steps in a row, both sides (timed per step by `main`)."""
+  Steps run in one `lax.scan` (ours, as the samplers run) and in a Python loop
+  (diffusers); a side not in `sides` is None.
+  """
   ours, theirs = unet_models(batch, sides)
   ours_fn = theirs_fn = None
   if ours:
     model, args = ours
 
     def sample(p, x, t, c):
+      if not steps:
+        return model.apply({'params': p}, x, t, c)
       def step(x, _):
         return x - 0.01 * model.apply({'params': p}, x, t, c), None
-      return jax.lax.scan(step, x, None, length=ARGS.sampling_steps)[0]
+      return jax.lax.scan(step, x, None, length=steps)[0]
 
     sampler = jax.jit(sample)
     ours_fn = lambda: sampler(*args)
@@ -161,8 +151,10 @@ def unet_sampling_case(batch: int, sides: tuple[str, ...]):
 
     def theirs_fn():
       with torch.inference_mode():
+        if not steps:
+          return synchronized(torch_model(tx, tt, tc).sample)
         x = tx
-        for _ in range(ARGS.sampling_steps):
+        for _ in range(steps):
           x = x - 0.01 * torch_model(x, tt, tc).sample
         return synchronized(x)
   return ours_fn, theirs_fn
@@ -189,7 +181,9 @@ def vae_case(batch: int, sides: tuple[str, ...]):
   return ours_fn, theirs_fn
 
 
-CASES = {'U-Net forward': (unet_case, 1), 'U-Net sampling step': (unet_sampling_case, None),
+CASES = {'U-Net forward': (unet_case, 1),  # name: (make, calls per timed call)
+         'U-Net sampling step': (functools.partial(unet_case, steps=ARGS.sampling_steps),
+                                 ARGS.sampling_steps),
          'VAE decode': (vae_case, 1)}
 
 
@@ -210,7 +204,6 @@ def main():
   rows = []
   for name in names:
     make, calls = CASES[name]
-    calls = calls or ARGS.sampling_steps
     if workers:
       _, theirs = make(ARGS.batch, ('theirs',))
       workers.build(name)
