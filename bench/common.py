@@ -7,6 +7,7 @@ medians, so a shared, noisy machine biases neither side.
 
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -41,6 +42,18 @@ def time_call(fn: Callable[[], object]) -> float:
   start = time.perf_counter()
   block(fn())
   return time.perf_counter() - start
+
+
+def page_faults(fn: Callable[[], object]) -> tuple[int, float]:
+  """Minor page faults and system CPU seconds of this process during one call of `fn`.
+
+  Freshly mapped memory costs a fault per 4 KiB page on first touch; how many a
+  call takes depends on the allocator (glibc returns large blocks to the kernel).
+  """
+  before = resource.getrusage(resource.RUSAGE_SELF)
+  block(fn())
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int,
@@ -91,7 +104,10 @@ def machine() -> str:
     import jax  # pylint: disable=import-outside-toplevel
     device = jax.devices()[0]
     text += f', jax {jax.__version__} on {device.platform} ({device.device_kind})'
-  return text + f", XLA_FLAGS '{os.environ.get('XLA_FLAGS', '')}'"
+  allocator = ' '.join(f'{k}={v}' for k, v in sorted(os.environ.items())
+                       if k.startswith('MALLOC_') or k in ('GLIBC_TUNABLES', 'LD_PRELOAD'))
+  text += f", XLA_FLAGS '{os.environ.get('XLA_FLAGS', '')}'"
+  return text + (f', allocator {allocator}' if allocator else '')
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

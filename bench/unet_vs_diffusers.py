@@ -181,6 +181,14 @@ def vae_case(batch: int, sides: tuple[str, ...]):
   return ours_fn, theirs_fn
 
 
+def faults_per_call(fn, calls: int) -> str:
+  """'faults (system ms)' per model call during one timed call of `fn`; '-' for None."""
+  if fn is None:  # Ours in worker processes: their faults are not this process's.
+    return '-'
+  faults, system = common.page_faults(fn)
+  return f'{faults / calls:,.0f} ({1e3 * system / calls:.0f})'
+
+
 CASES = {'U-Net forward': (unet_case, 1),  # name: (make, calls per timed call)
          'U-Net sampling step': (functools.partial(unet_case, steps=ARGS.sampling_steps),
                                  ARGS.sampling_steps),
@@ -215,8 +223,9 @@ def main():
     times = common.interleaved({'ours': ours, 'diffusers': theirs}, ARGS.repeats, warmup=2)
     times = {side: [time / calls for time in values] for side, values in times.items()}
     ratio = common.median(times['diffusers']) / common.median(times['ours'])
+    faults = [faults_per_call(fn, calls) for fn in ((None if workers else ours), theirs)]
     rows.append([name, common.spread(times['ours']), common.spread(times['diffusers']),
-                 f'{ratio:.2f}x', f'{error:.1e}'])
+                 f'{ratio:.2f}x', f'{error:.1e}', ' \\| '.join(faults)])
     del ours, theirs  # Both models' weights go before the next case builds its own.
     gc.collect()
   if workers:
@@ -225,11 +234,13 @@ def main():
                f'{jax.device_count()} XLA device(s)')
   common.report(
       f'Figure 1: forward vs diffusers (same weights, float32, {ARGS.size} size)',
-      ['model', 'ours (jit)', 'diffusers (torch)', 'our throughput / theirs', 'rel. error'],
+      ['model', 'ours (jit)', 'diffusers (torch)', 'our throughput / theirs', 'rel. error',
+       'page faults, sys ms / call: ours \\| theirs'],
       rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; '
              f'threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores, '
              f'{placement}); batch {ARGS.batch}, latents 32x32x4; median (min-max) of '
-             f'{ARGS.repeats} interleaved calls'])
+             f'{ARGS.repeats} interleaved calls; page faults and system time of one more '
+             'call each (not in worker processes)'])
 
 
 def serve_core() -> None:
