@@ -25,6 +25,7 @@ ARGS = PARSER.parse_args()
 
 
 def main():
+  host_devices.keep_freed_memory()
   host_devices.use_one_device_per_core()
   import jax  # pylint: disable=import-outside-toplevel
   from videoldm.pipelines import loading  # pylint: disable=import-outside-toplevel

@@ -29,6 +29,7 @@ ARGS = PARSER.parse_args()
 
 from videoldm import host_devices  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+host_devices.keep_freed_memory()
 host_devices.use_one_device_per_core()  # Before JAX's first computation.
 
 import flax  # pylint: disable=g-import-not-at-top,wrong-import-position

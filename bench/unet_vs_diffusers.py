@@ -15,8 +15,7 @@ on its rows of the batch (bench/core_processes.py), as `launch/multiprocess_cpu.
 --devices_per_process=1` trains; the default is one XLA device per core in one
 process, as training and sampling run by default.
 
-`--size=sd15`: the published SD 1.5 widths (U-Net 320/640/1280/1280, 768-d text
-context; VAE 128/256/512/512), 32x32x4 latents.
+`--size`: the model widths, in bench/diffusers_configs.py.
 
 'U-Net sampling step' times the U-Net as a sampler runs it: `--sampling_steps`
 denoising steps `x <- x - 0.01 eps(x)` in one `lax.scan` (ours, as
@@ -33,6 +32,7 @@ import sys
 
 import common
 import core_processes
+import diffusers_configs
 
 PARSER = argparse.ArgumentParser()
 PARSER.add_argument('--threads', type=int, default=2)
@@ -41,13 +41,20 @@ PARSER.add_argument('--batch', type=int, default=8)
 PARSER.add_argument('--skip_vae', action='store_true')
 PARSER.add_argument('--sampling_steps', type=int, default=8,
                     help="steps of the 'U-Net sampling step' row (0: no such row)")
-PARSER.add_argument('--size', choices=('mid', 'sd15'), default='mid')
+PARSER.add_argument('--size', choices=diffusers_configs.SIZES, default='mid')
 PARSER.add_argument('--devices', choices=('per_core', 'one', 'processes'), default='per_core',
                     help="ours on one XLA CPU device per core (the batch split across them, "
                          "as training and sampling run), on one device, or as one "
                          "single-device process per core (bench/core_processes.py)")
+PARSER.add_argument('--allocator', choices=('kept', 'glibc'), default='kept',
+                    help="'kept': freed memory kept for reuse in every process "
+                         "(`host_devices.keep_freed_memory`, as videoldm's entry points run); "
+                         "'glibc': glibc's defaults")
 PARSER.add_argument(core_processes.CORE_FLAG, type=int, help=argparse.SUPPRESS)
 ARGS = PARSER.parse_args()
+from videoldm import host_devices  # pylint: disable=g-import-not-at-top,wrong-import-position
+if ARGS.allocator == 'kept':  # Both sides, before either starts a thread.
+  host_devices.keep_freed_memory()
 if ARGS.core is not None:  # A worker of --devices=processes: its core, one XLA device.
   core_processes.pin_to_core(ARGS.core)
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -55,7 +62,6 @@ if ARGS.core is not None:  # A worker of --devices=processes: its core, one XLA 
 else:
   CORES = common.configure_cpu_threads(ARGS.threads) if ARGS.threads else None
 if ARGS.devices == 'per_core' and ARGS.core is None:
-  from videoldm import host_devices  # pylint: disable=g-import-not-at-top,wrong-import-position
   host_devices.use_one_device_per_core()
 
 import diffusers  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -68,17 +74,8 @@ import diffusers_reference as ref  # pylint: disable=g-import-not-at-top,wrong-i
 from videoldm.convert import diffusers as convert_unet  # pylint: disable=g-import-not-at-top,wrong-import-position
 from videoldm.convert import diffusers_vae as convert_vae  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-UNET = dict(sample_size=32, in_channels=4, out_channels=4,
-            block_out_channels=[64, 128, 256, 256], layers_per_block=2,
-            down_block_types=['CrossAttnDownBlock2D'] * 3 + ['DownBlock2D'],
-            up_block_types=['UpBlock2D'] + ['CrossAttnUpBlock2D'] * 3,
-            attention_head_dim=8, cross_attention_dim=256, norm_num_groups=32)
-VAE = dict(block_out_channels=[64, 128, 256, 256], layers_per_block=2, latent_channels=4,
-           down_block_types=['DownEncoderBlock2D'] * 4, up_block_types=['UpDecoderBlock2D'] * 4,
-           norm_num_groups=32, sample_size=256)
-if ARGS.size == 'sd15':
-  UNET.update(block_out_channels=[320, 640, 1280, 1280], cross_attention_dim=768)
-  VAE.update(block_out_channels=[128, 256, 512, 512])
+UNET = diffusers_configs.unet_config(ARGS.size)
+VAE = diffusers_configs.vae_config(ARGS.size)
 CONTEXT_DIM = UNET['cross_attention_dim']
 
 
@@ -238,7 +235,7 @@ def main():
        'page faults, sys ms / call: ours \\| theirs'],
       rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; '
              f'threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores, '
-             f'{placement}); batch {ARGS.batch}, latents 32x32x4; median (min-max) of '
+             f'{placement}); allocator: {ARGS.allocator}; batch {ARGS.batch}, latents 32x32x4; median (min-max) of '
              f'{ARGS.repeats} interleaved calls; page faults and system time of one more '
              'call each (not in worker processes)'])
 

@@ -156,6 +156,7 @@ def evaluate(run_dir: str, num_videos: int = protocol_lib.NUM_VIDEOS,
 
 def main(argv):
   del argv
+  host_devices.keep_freed_memory()
   host_devices.use_one_device_per_core()  # Sampling splits the videos over the cores.
   logs.quiet_libraries()
   networks = standard.Networks(_INCEPTION.value, _I3D.value, _C3D.value, _CLIP.value)

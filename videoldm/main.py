@@ -19,6 +19,9 @@ from videoldm.train import signals
 
 if __name__ == '__main__':  # Before the slow imports: a signal then exits as stopped.
   signals.install_early_handlers()
+if os.environ.get('JAX_PLATFORMS') == 'cpu':  # Before any thread starts (host_devices).
+  from videoldm import host_devices
+  host_devices.keep_freed_memory()
 
 from absl import app
 from absl import flags

@@ -45,6 +45,7 @@ _UPSAMPLE = flags.DEFINE_bool('upsample', True, 'Apply the x4 video upsampler.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  host_devices.keep_freed_memory()
   devices = host_devices.use_one_device_per_core()  # Before JAX's first computation.
   logs.quiet_libraries()
   logging.info('CPU split into %d JAX devices (one per core) where JAX runs on the CPU.', devices)

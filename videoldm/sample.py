@@ -83,6 +83,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required.')
+  host_devices.keep_freed_memory()
   host_devices.use_one_device_per_core()  # Before JAX starts: the videos split over the cores.
   logs.quiet_libraries()
   count = generate.generate(_WORKDIR.value, settings_from_flags(), _OUT.value, _FPS.value,
