@@ -73,6 +73,7 @@ def computations(hlo: str) -> dict[str, list[str]]:
 def classify(hlo: str) -> dict[str, tuple[str, float]]:
   """Instruction name -> (group, FLOPs): matmuls grouped by `rows x contraction -> columns`."""
   bodies = computations(hlo)
+  shapes = {m.group(1): dims(m.group(2)) for m in map(INSTRUCTION.match, hlo.splitlines()) if m}
   groups = {}
   for body in bodies.values():
     for line in body:
@@ -82,10 +83,9 @@ def classify(hlo: str) -> dict[str, tuple[str, float]]:
       name, _, opcode = match.groups()
       called = re.search(r'calls=%?([\w.\-]+)', line)
       inner = bodies.get(called.group(1), []) if called else [line]
-      shapes = {m.group(1): dims(m.group(2)) for m in map(INSTRUCTION.match, inner) if m}
       flops, keys = 0.0, []
       for dot in filter(None, map(DOT.search, inner)):
-        out, lhs = dims(dot.group(2)), shapes.get(dot.group(3), [])
+        out, lhs = dims(dot.group(2)), shapes[dot.group(3)]
         contraction = math.prod(lhs[int(d)] for d in dot.group(5).split(',') if d)
         flops += 2 * math.prod(out) * contraction
         keys.append(f'{math.prod(out[:-1])} x {contraction} -> {out[-1]}')
