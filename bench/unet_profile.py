@@ -44,7 +44,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from videoldm.convert import diffusers as convert_unet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from videoldm.convert import diffusers as convert_unet  # pylint: disable=g-import-not-at-top
 
 # `%name = f32[64,1280]{1,0} fusion(...)`: an HLO instruction, its result and opcode.
 INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(')

@@ -235,8 +235,9 @@ def main():
        'page faults, sys ms / call: ours \\| theirs'],
       rows, [f'torch on {DEVICE}{" (TF32 allowed in both)" if DEVICE == "cuda" else ""}; '
              f'threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores, '
-             f'{placement}); allocator: {ARGS.allocator}; batch {ARGS.batch}, latents 32x32x4; median (min-max) of '
-             f'{ARGS.repeats} interleaved calls; page faults and system time of one more '
+             f'{placement}); allocator: {ARGS.allocator}; batch {ARGS.batch}, latents 32x32x4; '
+             f'median (min-max) of {ARGS.repeats} interleaved calls; page faults and system '
+             'time of one more '
              'call each (not in worker processes)'])
 
 
