@@ -237,8 +237,7 @@ def main():
              f'threads: {CORES} for both (torch.set_num_threads, XLA pinned to {CORES} cores, '
              f'{placement}); allocator: {ARGS.allocator}; batch {ARGS.batch}, latents 32x32x4; '
              f'median (min-max) of {ARGS.repeats} interleaved calls; page faults and system '
-             'time of one more '
-             'call each (not in worker processes)'])
+             'time of one more call each (not in worker processes)'])
 
 
 def serve_core() -> None:
